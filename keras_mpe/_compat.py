@@ -1,0 +1,44 @@
+"""The few differences between tf_keras (Keras 2) and Keras 3, in one place.
+
+keras_mpe is written against `tf.keras`, which is tf_keras 2.x when
+`TF_USE_LEGACY_KERAS=1` is set before TensorFlow is imported (needed by
+TensorFlow Recommenders) and Keras 3 otherwise. Everything that differs
+between the two lives here.
+"""
+
+import tensorflow as tf
+
+keras = tf.keras
+
+IS_KERAS_3 = keras.layers.Layer.__module__.startswith("keras.")
+
+
+def register_serializable(cls):
+    """Registers `cls` for Keras (de)serialization under `keras_mpe>`."""
+    return keras.utils.register_keras_serializable(package="keras_mpe")(cls)
+
+
+def only_first_replica():
+    """The aggregation for state assigned outside the train step."""
+    if IS_KERAS_3:
+        return "only_first_replica"
+    return tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+
+def tf_variable(weight):
+    """The `tf.Variable` behind a layer weight (a KerasVariable in Keras 3).
+
+    Gathering from the `tf.Variable` itself keeps the lookup a sparse
+    `ResourceGather` (with sparse gradients) instead of a dense table read.
+    """
+    return weight.value if IS_KERAS_3 else weight
+
+
+def optimizer_variables(optimizer):
+    """The optimizer's state variables (a list in Keras 3, callable in 2)."""
+    return list(optimizer.variables)
+
+
+def read(weight):
+    """The current value of a layer weight, as a tensor."""
+    return tf.convert_to_tensor(tf_variable(weight))

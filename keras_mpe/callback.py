@@ -1,0 +1,246 @@
+"""MPECallback: the schedule of a mixed-precision search inside `model.fit`.
+
+Epochs of one `fit` call, with W = `warmup_epochs`, S = `search_epochs`:
+
+| epochs     | what happens                                                |
+|------------|-------------------------------------------------------------|
+| train start| count id frequencies over `frequency_data`, group the rows, |
+|            | remember the table for the rewind                           |
+| 0 .. W-1   | FLOAT warm-up: the table learns before precisions compete   |
+| W .. S-1   | SEARCH: step sizes set from the table's scale, then the     |
+|            | per-group bit distributions learn under the bit penalty     |
+| S          | select each group's bits (optionally from the best search   |
+|            | epoch), rewind the table, reset the optimizer, enter FIXED  |
+| S .. end   | FIXED: retrain at the chosen precisions, no penalty         |
+
+Every step is decided from the epoch index and the layers' own state, so a
+`fit` resumed from a checkpoint with `initial_epoch` picks up where it was.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mpe import _compat
+from keras_mpe import frequency
+from keras_mpe.embedding import MixedPrecisionEmbedding
+from keras_mpe.embedding import Phase
+from keras_mpe.selection import SELECTION_RULES
+
+keras = _compat.keras
+
+
+def find_layers(model) -> list:
+    """Every MixedPrecisionEmbedding inside `model`, nested ones included."""
+    found = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, MixedPrecisionEmbedding) and layer not in found:
+            found.append(layer)
+    return found
+
+
+class MPECallback(keras.callbacks.Callback):
+    """Runs the MPE precision search and retraining during `model.fit`.
+
+    Adds to the epoch logs (History, TensorBoard, progress bar):
+    `mpe_phase` (0 float, 1 search, 2 fixed), `mpe_bits` (average bits per
+    embedding element: 32 in float, expected in search, chosen in fixed)
+    and `mpe_compression` (32 / `mpe_bits`, the payload compression).
+
+    Example:
+
+    ```python
+    callback = keras_mpe.MPECallback(frequency_data=train_ds,
+                                     search_epochs=8, monitor="val_auc")
+    model.fit(train_ds, validation_data=val_ds, epochs=16,
+              callbacks=[callback])
+    ```
+
+    Args:
+        frequency_data: Iterable of training batches (a `tf.data.Dataset`),
+            as given to `fit`. Streamed once at the start to count ids.
+        search_epochs: Integer. Epochs before the precisions are chosen,
+            warm-up included. `fit` must run more epochs than this.
+        warmup_epochs: Integer from 0 to `search_epochs - 1`. Leading
+            epochs in which the layers train as float embeddings. 0 gives
+            the reference schedule.
+        selection: String. "threshold" (reference), "argmax" or "sample".
+        seed: Integer or None. Seed of the "sample" selection.
+        monitor: String or None. A log key (e.g. "val_auc"); when given,
+            the weights of the best search epoch are restored before the
+            selection.
+        mode: String. "min", "max" or "auto" (max for auc/accuracy keys).
+        rewind_embeddings: Boolean. Reset the tables to their values at
+            the start of training before retraining (reference).
+        reset_optimizer: Boolean. Zero the optimizer state (all but the
+            learning rate) before retraining.
+        verbose: Integer. 1 prints the counting and selection outcome.
+    """
+
+    def __init__(
+        self,
+        frequency_data,
+        search_epochs: int = 8,
+        warmup_epochs: int = 1,
+        selection: str = "threshold",
+        seed=None,
+        monitor=None,
+        mode: str = "auto",
+        rewind_embeddings: bool = True,
+        reset_optimizer: bool = True,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        if frequency_data is None:
+            raise ValueError(
+                "`frequency_data` must be a dataset of training batches. "
+                "Received: frequency_data=None"
+            )
+        if not isinstance(search_epochs, int) or search_epochs < 1:
+            raise ValueError(
+                "`search_epochs` must be a positive integer. "
+                f"Received: search_epochs={search_epochs}"
+            )
+        if not isinstance(warmup_epochs, int) or not (
+            0 <= warmup_epochs < search_epochs
+        ):
+            raise ValueError(
+                "`warmup_epochs` must be an integer from 0 to search_epochs - "
+                f"1 = {search_epochs - 1}. Received: "
+                f"warmup_epochs={warmup_epochs}"
+            )
+        if selection not in SELECTION_RULES:
+            raise ValueError(
+                f"`selection` must be one of {SELECTION_RULES}. "
+                f"Received: selection={selection!r}"
+            )
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                "`mode` must be 'auto', 'min' or 'max'. "
+                f"Received: mode={mode!r}"
+            )
+        self.frequency_data = frequency_data
+        self.search_epochs = search_epochs
+        self.warmup_epochs = warmup_epochs
+        self.selection = selection
+        self.seed = seed
+        self.monitor = monitor
+        if mode == "auto":
+            key = (monitor or "").lower()
+            mode = "max" if ("auc" in key or "acc" in key) else "min"
+        self.mode = mode
+        self.rewind_embeddings = rewind_embeddings
+        self.reset_optimizer = reset_optimizer
+        self.verbose = verbose
+        self.layers = []
+        self._best = None
+        self._best_weights = None
+
+    # ----------------------------------------------------------- Keras hooks
+    def on_train_begin(self, logs=None):
+        self.layers = find_layers(self.model)
+        if not self.layers:
+            raise ValueError(
+                f"MPECallback: model '{self.model.name}' has no "
+                "MixedPrecisionEmbedding layer."
+            )
+        epochs = self.params.get("epochs")
+        if epochs is not None and self.search_epochs >= epochs:
+            raise ValueError(
+                f"MPECallback: `search_epochs={self.search_epochs}` leaves no "
+                f"retraining in `fit(epochs={epochs})`: the precisions are "
+                "chosen at the start of epoch search_epochs. Give fit more "
+                "epochs than search_epochs."
+            )
+        if not all(layer.has_frequencies for layer in self.layers):
+            self._count_frequencies()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.search_epochs:
+            if any(layer.phase != Phase.FIXED for layer in self.layers):
+                self._select()
+        elif epoch >= self.warmup_epochs:
+            for layer in self.layers:
+                if layer.phase == Phase.FLOAT:
+                    layer.initialize_step_sizes()
+                    layer.set_phase(Phase.SEARCH)
+        else:
+            for layer in self.layers:
+                layer.set_phase(Phase.FLOAT)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        bits = self.average_bits()
+        logs["mpe_phase"] = int(self.layers[0].phase)
+        logs["mpe_bits"] = bits
+        logs["mpe_compression"] = 32.0 / bits if bits else float("inf")
+        searching = self.warmup_epochs <= epoch < self.search_epochs
+        if searching and self.monitor:
+            self._remember_if_best(logs)
+
+    # --------------------------------------------------------------- helpers
+    def average_bits(self) -> float:
+        """Average bits per element over all MPE tables (by table size)."""
+        sizes = [layer.input_dim * layer.output_dim for layer in self.layers]
+        bits = [layer.average_bits() for layer in self.layers]
+        return float(np.dot(sizes, bits) / sum(sizes))
+
+    def _count_frequencies(self):
+        counts = frequency.count_ids(
+            self.model, self.layers, self.frequency_data
+        )
+        if not any(c.any() for c in counts):
+            raise ValueError(
+                "MPECallback: `frequency_data` yielded no ids (is it empty?)."
+            )
+        for layer, layer_counts in zip(self.layers, counts, strict=True):
+            layer.set_frequencies(layer_counts)
+            layer.snapshot_embeddings()
+            if self.verbose:
+                seen = int((layer_counts > 0).sum())
+                print(
+                    f"MPECallback: {layer.name}: counted "
+                    f"{int(layer_counts.sum())} lookups of {seen} of "
+                    f"{layer.input_dim} ids into {layer.num_groups} groups"
+                )
+
+    def _remember_if_best(self, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"MPECallback: `monitor={self.monitor!r}` is not in the logs; "
+                f"available: {sorted(logs)}"
+            )
+        better = self._best is None or (
+            value > self._best if self.mode == "max" else value < self._best
+        )
+        if better:
+            self._best = value
+            self._best_weights = self.model.get_weights()
+
+    def _select(self):
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+            self._best_weights = None
+        for layer in self.layers:
+            layer.select_bits(self.selection, self.seed)
+            if self.rewind_embeddings:
+                layer.rewind()
+            if self.verbose:
+                bits = layer.average_bits()
+                print(
+                    f"MPECallback: {layer.name}: chosen bits per group "
+                    f"(rarest first) {layer.bits_per_group()['bits'].tolist()}"
+                    f"; {bits:.3f} bits per element, "
+                    f"{32 / bits if bits else float('inf'):.1f}x compression"
+                )
+        if self.reset_optimizer and self.model.optimizer is not None:
+            _reset_optimizer(self.model.optimizer)
+
+
+def _reset_optimizer(optimizer):
+    """Zeros every optimizer variable except the learning rate."""
+    learning_rate = getattr(optimizer, "_learning_rate", None)
+    for variable in _compat.optimizer_variables(optimizer):
+        if variable is not learning_rate:
+            variable.assign(tf.zeros(variable.shape, variable.dtype))

@@ -1,0 +1,443 @@
+"""MixedPrecisionEmbedding: an embedding whose rows learn their precision.
+
+The layer keeps a float table during training and runs in one of three
+phases, held in a variable so that switching needs no retrace:
+
+| phase  | output of row i                                   | bit penalty |
+|--------|---------------------------------------------------|-------------|
+| FLOAT  | e_i (a plain embedding)                           | none        |
+| SEARCH | sum over b > 0 of p_{g(i),b} * Q_b(e_i)           | lambda * R  |
+| FIXED  | Q_{b*_{g(i)}}(e_i), or 0 when b*_{g(i)} = 0       | none        |
+
+with g(i) the frequency group of row i, p_g = softmax(gamma_g / tau) the
+group's distribution over the bit candidates, Q_b the LSQ+ fake quantizer
+of `quantizer.py` and the penalty
+
+    R = sum over groups g of (1 / c_g) * sum over b of p_{g,b} * b
+
+(c_g: the group's frequency weight, see `frequency.py`). All three phases
+are one arithmetic expression: the phase picks the mixture weights (the
+softmax, a one-hot of the chosen bits, or none), so the layer has no
+control flow and compiles with XLA.
+
+Variables:
+
+| variable           | shape            | dtype   | trained | role            |
+|--------------------|------------------|---------|---------|-----------------|
+| embeddings         | (rows, dim)      | float32 | yes     | latent table e  |
+| initial_embeddings | (rows, dim)      | float32 | no      | rewind target   |
+| step_sizes         | (quantized K,)   | float32 | yes     | alpha_b, b > 0  |
+| offset             | (dim,)           | float32 | yes     | beta            |
+| precision_logits   | (groups, K)      | float32 | yes     | gamma           |
+| counts             | (rows,)          | int64   | no      | id frequencies  |
+| group_ids          | (rows,)          | int32   | no      | g(i)            |
+| group_weights      | (groups,)        | float32 | no      | c_g             |
+| chosen_bits        | (groups,)        | int32   | no      | b*_g            |
+| phase              | ()               | int32   | no      | FLOAT/SEARCH/.. |
+"""
+
+import enum
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mpe import _compat
+from keras_mpe import frequency
+from keras_mpe import quantizer
+from keras_mpe import selection
+
+keras = _compat.keras
+
+MAX_BITS = 8
+
+
+class Phase(enum.IntEnum):
+    """What a MixedPrecisionEmbedding computes (see the module docstring)."""
+
+    FLOAT = 0
+    SEARCH = 1
+    FIXED = 2
+
+
+def _validate_bit_candidates(bit_candidates):
+    candidates = tuple(bit_candidates)
+    valid = all(
+        isinstance(b, (int, np.integer)) and 0 <= b <= MAX_BITS
+        for b in candidates
+    )
+    if not candidates or not valid:
+        raise ValueError(
+            "`bit_candidates` must be integers from 0 to "
+            f"{MAX_BITS}. Received: bit_candidates={bit_candidates}"
+        )
+    if len(set(candidates)) != len(candidates):
+        raise ValueError(
+            "`bit_candidates` must not repeat a bit-width. "
+            f"Received: bit_candidates={bit_candidates}"
+        )
+    if max(candidates) == 0:
+        raise ValueError(
+            "`bit_candidates` needs at least one bit-width above 0. "
+            f"Received: bit_candidates={bit_candidates}"
+        )
+    return tuple(sorted(int(b) for b in candidates))
+
+
+def _validate_positive_int(name, value, upper=None):
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < 1 or (upper is not None and value > upper):
+        valid = "a positive integer" if upper is None else (
+            f"an integer from 1 to input_dim={upper}"
+        )
+        raise ValueError(f"`{name}` must be {valid}. Received: {name}={value}")
+
+
+@_compat.register_serializable
+class MixedPrecisionEmbedding(keras.layers.Layer):
+    """Embedding whose rows are quantized at a learned, per-group precision.
+
+    Rows are grouped by how often their id occurs; each group learns a
+    distribution over `bit_candidates` (0 bits = pruned) under a
+    frequency-weighted bit penalty, then trains at its chosen bit-width.
+    `MPECallback` drives the phases from `model.fit`; without it the layer
+    is a plain float embedding. Method: Mixed-Precision Embeddings,
+    arXiv 2409.20305; quantizer: LSQ+, arXiv 2004.09576.
+
+    Example:
+
+    ```python
+    emb = keras_mpe.MixedPrecisionEmbedding(input_dim=10_000, output_dim=16)
+    model = tf.keras.Sequential([emb, tf.keras.layers.Flatten(),
+                                 tf.keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(ds, epochs=4, callbacks=[
+        keras_mpe.MPECallback(frequency_data=ds, search_epochs=2)])
+    print(emb.bits_per_group())
+    ```
+
+    Args:
+        input_dim: Integer. Size of the vocabulary (ids are 0..input_dim-1).
+        output_dim: Integer. Width of each embedding row.
+        bit_candidates: Sequence of distinct integers from 0 to 8. The
+            precisions a group can take; 0 prunes the group's rows.
+        num_groups: Integer from 1 to `input_dim`. Number of frequency
+            groups, each with its own precision.
+        temperature: Positive float. Softmax temperature tau of the
+            precision logits. Adam moves the logits by about the learning
+            rate per step, so the distribution sharpens about 1/tau times
+            faster than the rest of the model learns: the reference value
+            3e-3 can lock every group onto one precision within a few dozen
+            steps; the default 0.1 lets the task loss take part.
+        bit_penalty: Non-negative float. Weight lambda of the bit penalty.
+        embeddings_initializer: Initializer of the table.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Input shape:
+        Integer tensor of any shape `(...)`.
+
+    Output shape:
+        `(..., output_dim)`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        bit_candidates=(0, 1, 2, 3, 4, 5, 6),
+        num_groups: int = 128,
+        temperature: float = 0.1,
+        bit_penalty: float = 3e-4,
+        embeddings_initializer="uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _validate_positive_int("input_dim", input_dim)
+        _validate_positive_int("output_dim", output_dim)
+        _validate_positive_int("num_groups", num_groups, upper=input_dim)
+        if not temperature > 0:
+            raise ValueError(
+                "`temperature` must be a positive number. "
+                f"Received: temperature={temperature}"
+            )
+        if not bit_penalty >= 0:
+            raise ValueError(
+                "`bit_penalty` must be a non-negative number. "
+                f"Received: bit_penalty={bit_penalty}"
+            )
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.bit_candidates = _validate_bit_candidates(bit_candidates)
+        self.num_groups = int(num_groups)
+        self.temperature = float(temperature)
+        self.bit_penalty = float(bit_penalty)
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer
+        )
+        self.quantized_bits = tuple(b for b in self.bit_candidates if b > 0)
+        self._counting = False
+        self._counted_ids = []
+        self.build()
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        rows, dim = self.input_dim, self.output_dim
+        groups, k = self.num_groups, len(self.bit_candidates)
+        state = {
+            "trainable": False,
+            "aggregation": _compat.only_first_replica(),
+        }
+        self._embeddings = self.add_weight(
+            name="embeddings",
+            shape=(rows, dim),
+            initializer=self.embeddings_initializer,
+        )
+        self._initial_embeddings = self.add_weight(
+            name="initial_embeddings", shape=(rows, dim),
+            initializer="zeros", **state,
+        )
+        self._initial_embeddings.assign(self._embeddings)
+        self._step_sizes = self.add_weight(
+            name="step_sizes", shape=(len(self.quantized_bits),),
+            initializer="ones",
+        )
+        self._offset = self.add_weight(
+            name="offset", shape=(dim,), initializer="zeros"
+        )
+        self._precision_logits = self.add_weight(
+            name="precision_logits", shape=(groups, k), initializer="zeros"
+        )
+        self._counts = self.add_weight(
+            name="counts", shape=(rows,), dtype="int64",
+            initializer="zeros", **state,
+        )
+        self._group_ids = self.add_weight(
+            name="group_ids", shape=(rows,), dtype="int32",
+            initializer="zeros", **state,
+        )
+        self._group_weights = self.add_weight(
+            name="group_weights", shape=(groups,), initializer="ones", **state
+        )
+        self._chosen_bits = self.add_weight(
+            name="chosen_bits", shape=(groups,), dtype="int32",
+            initializer="zeros", **state,
+        )
+        self._phase = self.add_weight(
+            name="phase", shape=(), dtype="int32", initializer="zeros",
+            **state,
+        )
+        self.built = True
+        self.initialize_step_sizes()
+
+    # ------------------------------------------------------------------- call
+    def call(self, inputs):
+        ids = self._checked_ids(inputs)
+        if self._counting:
+            self._counted_ids.append(ids)
+            shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
+            return tf.zeros(shape, self.compute_dtype)
+        phase = _compat.read(self._phase)
+        probabilities = self._probabilities()
+        if self.bit_penalty:
+            is_search = tf.cast(tf.equal(phase, Phase.SEARCH), tf.float32)
+            self.add_loss(
+                self.bit_penalty * is_search * self._bit_cost(probabilities)
+            )
+        flat_ids = tf.reshape(ids, [-1])
+        rows = tf.gather(_compat.tf_variable(self._embeddings), flat_ids)
+        groups = tf.gather(_compat.tf_variable(self._group_ids), flat_ids)
+        weights = tf.gather(self._mixture_weights(phase, probabilities), groups)
+        outputs = self._mix(rows, weights)
+        is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
+        outputs = is_float * rows + outputs
+        shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
+        return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def _checked_ids(self, inputs):
+        ids = tf.cast(inputs, tf.int32)
+        where = f"MixedPrecisionEmbedding '{self.name}': every id must be in "
+        where += f"[0, input_dim={self.input_dim})."
+        checks = [
+            tf.debugging.assert_non_negative(ids, message=where),
+            tf.debugging.assert_less(ids, self.input_dim, message=where),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(ids)
+
+    def _probabilities(self):
+        logits = _compat.read(self._precision_logits)
+        return tf.nn.softmax(logits / self.temperature, axis=-1)
+
+    def _bit_cost(self, probabilities):
+        """R = sum_g (1 / c_g) * sum_b p_{g,b} * b."""
+        bits = tf.constant(self.bit_candidates, tf.float32)
+        expected = tf.reduce_sum(probabilities * bits, axis=-1)
+        return tf.reduce_sum(expected / _compat.read(self._group_weights))
+
+    def _mixture_weights(self, phase, probabilities):
+        """Per group, the weight of each candidate's quantized row."""
+        chosen = _compat.read(self._chosen_bits)
+        one_hot = tf.cast(
+            tf.equal(chosen[:, None], tf.constant(self.bit_candidates)),
+            probabilities.dtype,
+        )
+        is_search = tf.cast(tf.equal(phase, Phase.SEARCH), one_hot.dtype)
+        is_fixed = tf.cast(tf.equal(phase, Phase.FIXED), one_hot.dtype)
+        return is_search * probabilities + is_fixed * one_hot
+
+    def _mix(self, rows, weights):
+        """sum over b > 0 of weights[:, b] * Q_b(rows)."""
+        bits = self.quantized_bits
+        ranges = [quantizer.integer_range(b) for b in bits]
+
+        def column(values):
+            return tf.constant(values, rows.dtype)[:, None]
+
+        quantized = quantizer.fake_quantize(
+            rows[:, None, :],
+            _compat.read(self._step_sizes)[:, None],
+            _compat.read(self._offset),
+            lo=column([lo for lo, _ in ranges]),
+            hi=column([hi for _, hi in ranges]),
+            grad_scale=column([
+                quantizer.gradient_scale(b, self.input_dim, self.output_dim)
+                for b in bits
+            ]),
+        )
+        first = len(self.bit_candidates) - len(bits)
+        return tf.einsum("nk,nkd->nd", weights[:, first:], quantized)
+
+    # ------------------------------------------------------------ the phases
+    @property
+    def phase(self) -> Phase:
+        """The current `Phase`."""
+        return Phase(int(self._phase.numpy()))
+
+    def set_phase(self, phase: Phase):
+        """Switches the layer to `phase` (a `Phase` or its integer value)."""
+        self._phase.assign(int(Phase(phase)))
+
+    @property
+    def has_frequencies(self) -> bool:
+        """Whether id frequencies have been counted (`set_frequencies`)."""
+        return bool(self._counts.numpy().any())
+
+    def set_frequencies(self, counts) -> frequency.FrequencyGroups:
+        """Sets the id counts and groups the rows by frequency.
+
+        Args:
+            counts: Integer array `(input_dim,)`. Occurrences of each id.
+
+        Returns:
+            The `FrequencyGroups` now held by the layer.
+        """
+        counts = np.asarray(counts)
+        if counts.shape != (self.input_dim,):
+            raise ValueError(
+                f"`counts` must have shape ({self.input_dim},). "
+                f"Received: shape {counts.shape}"
+            )
+        groups = frequency.group_by_frequency(counts, self.num_groups)
+        self._counts.assign(counts.astype(np.int64))
+        self._group_ids.assign(groups.group_ids)
+        self._group_weights.assign(groups.group_weights)
+        return groups
+
+    def initialize_step_sizes(self):
+        """Sets each alpha_b from the table's current scale (LSQ init)."""
+        mean_abs = float(tf.reduce_mean(tf.abs(self._embeddings)))
+        mean_abs = mean_abs or 1.0
+        self._step_sizes.assign([
+            quantizer.initial_step_size(mean_abs, b)
+            for b in self.quantized_bits
+        ])
+
+    def snapshot_embeddings(self):
+        """Remembers the current table as the target of `rewind()`."""
+        self._initial_embeddings.assign(self._embeddings)
+
+    def rewind(self):
+        """Resets the table to the values saved by `snapshot_embeddings`."""
+        self._embeddings.assign(self._initial_embeddings)
+
+    def precision_probabilities(self) -> np.ndarray:
+        """The `(num_groups, K)` distribution over `bit_candidates`."""
+        return self._probabilities().numpy()
+
+    def select_bits(self, rule: str = "threshold", seed=None) -> np.ndarray:
+        """Chooses each group's bits (see `selection.py`), enters FIXED.
+
+        Args:
+            rule: String. "threshold" (reference), "argmax" or "sample".
+            seed: Integer or None. Seed of the "sample" rule.
+
+        Returns:
+            int32 array `(num_groups,)` of the chosen bit-widths.
+        """
+        chosen = selection.select_bits(
+            self.precision_probabilities(), self.bit_candidates, rule, seed
+        )
+        self._chosen_bits.assign(chosen)
+        self.set_phase(Phase.FIXED)
+        return chosen
+
+    # ------------------------------------------------------------- reporting
+    def group_sizes(self) -> np.ndarray:
+        """Rows per frequency group."""
+        return np.bincount(
+            self._group_ids.numpy(), minlength=self.num_groups
+        ).astype(np.int64)
+
+    def bits_per_group(self) -> dict:
+        """Per frequency group: chosen bits, rows, id occurrences, weight.
+
+        Returns:
+            A dict of arrays of length `num_groups`, group 0 the rarest:
+            "bits" (chosen; meaningful once in the FIXED phase),
+            "expected_bits" (under the current distribution), "rows",
+            "count" (occurrences counted) and "weight" (c_g).
+        """
+        counts = np.bincount(
+            self._group_ids.numpy(), weights=self._counts.numpy(),
+            minlength=self.num_groups,
+        )
+        bits = np.asarray(self.bit_candidates, np.float64)
+        return {
+            "bits": self._chosen_bits.numpy(),
+            "expected_bits": self.precision_probabilities() @ bits,
+            "rows": self.group_sizes(),
+            "count": counts.astype(np.int64),
+            "weight": self._group_weights.numpy(),
+        }
+
+    def average_bits(self) -> float:
+        """Average bits per table element in the current phase.
+
+        32 in FLOAT, the expectation under the distribution in SEARCH, the
+        chosen bits in FIXED; averaged over rows (pruned rows count 0).
+        """
+        phase = self.phase
+        if phase == Phase.FLOAT:
+            return 32.0
+        groups = self.bits_per_group()
+        bits = groups["bits" if phase == Phase.FIXED else "expected_bits"]
+        return float(np.dot(bits, groups["rows"]) / self.input_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            bit_candidates=list(self.bit_candidates),
+            num_groups=self.num_groups,
+            temperature=self.temperature,
+            bit_penalty=self.bit_penalty,
+            embeddings_initializer=keras.initializers.serialize(
+                self.embeddings_initializer
+            ),
+        )
+        return config

@@ -1,0 +1,164 @@
+"""Frequency statistics: counting ids and grouping rows by frequency.
+
+Counting runs the model's own forward pass over a dataset with every
+MixedPrecisionEmbedding in counting mode: the layers record the ids they
+receive (after any StringLookup / Hashing in the model) and return zeros,
+so any model structure works without an id extractor. The ids of a batch
+are reduced on the device with `unique_with_counts`; the host adds the
+per-batch counts into one vector per layer.
+
+Rows are sorted by how often their id occurs in the training data (rarest
+first, ties broken by id) and cut into `num_groups` chunks of
+ceil(rows / num_groups) rows each (the last chunk smaller; with many groups
+and few rows the last groups can be empty). Group 0 holds the rarest ids.
+
+Each group's weight in the bit penalty is its share of the occurrences
+relative to the rarest group:
+
+    C_g = sum of the counts of the rows in group g
+    c_g = C_g / min over g' of C_g'
+
+A group whose count is zero (no rows, or only unseen ids) gets the weight
+of the rarest non-empty group, so that it neither makes every weight
+infinite nor weakens the penalty on the others.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_mpe import _compat
+
+
+@dataclasses.dataclass(frozen=True)
+class FrequencyGroups:
+    """Rows grouped by frequency.
+
+    Attributes:
+        group_ids: int32 array `(rows,)`. The group of each row.
+        group_counts: int64 array `(groups,)`. Occurrences per group (C_g).
+        group_sizes: int64 array `(groups,)`. Rows per group.
+        group_weights: float32 array `(groups,)`. Penalty weights c_g.
+    """
+
+    group_ids: np.ndarray
+    group_counts: np.ndarray
+    group_sizes: np.ndarray
+    group_weights: np.ndarray
+
+
+def group_by_frequency(counts, num_groups: int) -> FrequencyGroups:
+    """Groups rows into `num_groups` equal-population frequency groups.
+
+    Example:
+
+    >>> groups = group_by_frequency([5, 0, 9, 1], num_groups=2)
+    >>> groups.group_ids.tolist(), groups.group_weights.tolist()
+    ([1, 0, 1, 0], [1.0, 14.0])
+
+    Args:
+        counts: Integer array `(rows,)`. How often each row id occurred.
+        num_groups: Integer. How many groups, from 1 to the number of rows.
+
+    Returns:
+        A `FrequencyGroups`.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(
+            "`counts` must be a non-empty vector. "
+            f"Received: counts with shape {counts.shape}"
+        )
+    if np.any(counts < 0):
+        raise ValueError(
+            "`counts` must be non-negative. "
+            f"Received: a minimum of {counts.min()}"
+        )
+    rows = counts.size
+    if not 1 <= num_groups <= rows:
+        raise ValueError(
+            f"`num_groups` must be between 1 and the number of rows ({rows})."
+            f" Received: num_groups={num_groups}"
+        )
+    counts = counts.astype(np.int64)
+    chunk = -(-rows // num_groups)
+    order = np.argsort(counts, kind="stable")
+    group_ids = np.empty(rows, np.int32)
+    group_ids[order] = np.arange(rows) // chunk
+    group_counts = np.bincount(group_ids, weights=counts, minlength=num_groups)
+    group_counts = group_counts.astype(np.int64)
+    group_sizes = np.bincount(group_ids, minlength=num_groups).astype(np.int64)
+    return FrequencyGroups(
+        group_ids=group_ids,
+        group_counts=group_counts,
+        group_sizes=group_sizes,
+        group_weights=penalty_weights(group_counts),
+    )
+
+
+def penalty_weights(group_counts) -> np.ndarray:
+    """The penalty weights c_g = C_g / min C_g' (empty groups: the rarest)."""
+    group_counts = np.asarray(group_counts, np.float64)
+    seen = group_counts[group_counts > 0]
+    if seen.size == 0:
+        raise ValueError(
+            "Every frequency group has a count of zero: no id was counted. "
+            "Check that `frequency_data` yields the training inputs."
+        )
+    floor = seen.min()
+    return (np.where(group_counts > 0, group_counts, floor) / floor).astype(
+        np.float32
+    )
+
+
+def _forward(model, inputs):
+    """Runs the model on `inputs` (TFRS models without `call`: the loss)."""
+    try:
+        return model(inputs, training=False)
+    except NotImplementedError:
+        return model.compute_loss(inputs, training=False)
+
+
+def count_ids(model, layers, dataset) -> list:
+    """Counts how often each row of each layer is looked up over `dataset`.
+
+    Args:
+        model: The Keras model that holds `layers`.
+        layers: The MixedPrecisionEmbedding layers to count for.
+        dataset: Iterable of batches, as given to `model.fit`: `x`,
+            `(x, y)` or `(x, y, sample_weight)`.
+
+    Returns:
+        One int64 array `(layer.input_dim,)` of counts per layer.
+    """
+    counts = [np.zeros(layer.input_dim, np.int64) for layer in layers]
+
+    @tf.function(reduce_retracing=True)
+    def count_batch(inputs):
+        for layer in layers:
+            layer._counted_ids = []
+        _forward(model, inputs)
+        batch_counts = []
+        for layer in layers:
+            ids = [tf.reshape(i, [-1]) for i in layer._counted_ids]
+            ids = tf.concat(ids, 0) if ids else tf.zeros([0], tf.int32)
+            unique, _, count = tf.unique_with_counts(ids, tf.int32)
+            batch_counts.append((unique, count))
+        return batch_counts
+
+    for layer in layers:
+        layer._counting = True
+    try:
+        for batch in dataset:
+            inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
+            batch_counts = count_batch(inputs)
+            for total, (unique, count) in zip(
+                counts, batch_counts, strict=True
+            ):
+                total[unique.numpy()] += count.numpy()
+    finally:
+        for layer in layers:
+            layer._counting = False
+            layer._counted_ids = []
+    return counts

@@ -1,0 +1,106 @@
+"""Uniform fake quantization with a learned step size and offset (LSQ+).
+
+For a bit-width b >= 1 the signed integer range is lo = -2^(b-1) and
+hi = 2^(b-1) - 1, and a value e is quantized as
+
+    u = (e - beta) / alpha
+    Q(e) = clip(round(u), lo, hi) * alpha + beta
+
+with `alpha` the step size (used as |alpha| + 1e-10) and `beta` the offset.
+The gradients are written out rather than derived by autodiff, following
+LSQ (arXiv 1902.08153) and LSQ+ (arXiv 2004.09576):
+
+    inside = lo <= u <= hi
+    dQ/de     = inside                          (straight-through, clipped)
+    dQ/dalpha = s * (lo [u < lo] + hi [u > hi] + inside * (round(u) - u))
+    dQ/dbeta  = s * ([u < lo] + [u > hi])
+
+where s is the LSQ gradient scale 1 / sqrt(2^(b-1) * rows * dim).
+"""
+
+import math
+
+import tensorflow as tf
+
+STEP_EPSILON = 1e-10
+
+
+def integer_range(bits: int) -> tuple:
+    """The signed integer range `(lo, hi)` of a `bits`-bit code."""
+    if bits < 1:
+        raise ValueError(
+            f"`bits` must be a positive integer. Received: bits={bits}"
+        )
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def gradient_scale(bits: int, rows: int, dim: int) -> float:
+    """The LSQ gradient scale 1 / sqrt(2^(b-1) * rows * dim)."""
+    return 1.0 / math.sqrt(2 ** (bits - 1) * rows * dim)
+
+
+def initial_step_size(mean_abs: float, bits: int) -> float:
+    """The LSQ initial step size 2 * mean(|W|) / sqrt(2^(b-1))."""
+    return 2.0 * mean_abs / math.sqrt(2 ** (bits - 1))
+
+
+def _sum_to_shape(grad, target):
+    """Sums a broadcast gradient back down to the shape of `target`."""
+    _, axes = tf.raw_ops.BroadcastGradientArgs(
+        s0=tf.shape(grad), s1=tf.shape(target)
+    )
+    return tf.reshape(tf.reduce_sum(grad, axes), tf.shape(target))
+
+
+def fake_quantize(values, step_size, offset, lo, hi, grad_scale):
+    """Quantizes `values` and dequantizes them again, with LSQ+ gradients.
+
+    All arguments broadcast against `values`, so one call can quantize a
+    batch of rows at several bit-widths at once (for example `values` of
+    shape `(n, 1, dim)` with `step_size`, `lo`, `hi` and `grad_scale` of
+    shape `(k, 1)` gives `(n, k, dim)`).
+
+    Args:
+        values: Float tensor. The latent values e.
+        step_size: Float tensor. The step sizes alpha.
+        offset: Float tensor. The offset beta.
+        lo: Float tensor. The lowest integer code.
+        hi: Float tensor. The highest integer code.
+        grad_scale: Float tensor. The LSQ gradient scale s.
+
+    Returns:
+        The fake-quantized values, broadcast to the common shape.
+    """
+    lo = tf.convert_to_tensor(lo, values.dtype)
+    hi = tf.convert_to_tensor(hi, values.dtype)
+    grad_scale = tf.convert_to_tensor(grad_scale, values.dtype)
+
+    @tf.custom_gradient
+    def _quantize(values, step_size, offset):
+        step = tf.abs(step_size) + STEP_EPSILON
+        scaled = (values - offset) / step
+        rounded = tf.round(scaled)
+        codes = tf.clip_by_value(rounded, lo, hi)
+        output = codes * step + offset
+
+        def grad(upstream):
+            below = tf.cast(scaled < lo, values.dtype)
+            above = tf.cast(scaled > hi, values.dtype)
+            inside = 1.0 - below - above
+            d_values = upstream * inside
+            d_step = (
+                upstream
+                * grad_scale
+                * tf.sign(step_size)
+                * (below * lo + above * hi + inside * (rounded - scaled))
+            )
+            d_offset = upstream * grad_scale * (below + above)
+            return (
+                _sum_to_shape(d_values, values),
+                _sum_to_shape(d_step, step_size),
+                _sum_to_shape(d_offset, offset),
+            )
+
+        return output, grad
+
+    return _quantize(values, step_size, offset)
