@@ -140,8 +140,15 @@ def count_ids(model, layers, dataset) -> list:
             layer._counted_ids = []
         _forward(model, inputs)
         batch_counts = []
+        graph = tf.compat.v1.get_default_graph()
         for layer in layers:
-            ids = [tf.reshape(i, [-1]) for i in layer._counted_ids]
+            # Keras may also trace the model symbolically (to build it) in
+            # a scratch graph; only this graph's ids are this batch's.
+            ids = [
+                tf.reshape(i, [-1])
+                for i in layer._counted_ids
+                if i.graph is graph
+            ]
             ids = tf.concat(ids, 0) if ids else tf.zeros([0], tf.int32)
             unique, _, count = tf.unique_with_counts(ids, tf.int32)
             batch_counts.append((unique, count))

@@ -1,0 +1,250 @@
+"""MixedPrecisionEmbedding: phase outputs, penalty, errors, save/load."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import testing_utils
+
+import keras_mpe
+from keras_mpe import _compat
+from keras_mpe.embedding import Phase
+
+keras = _compat.keras
+CANDIDATES = (0, 1, 2, 4)
+
+
+def make_layer(**kwargs):
+    """A 12 x 3 layer with 4 groups of 3 rows (rarest ids first)."""
+    config = dict(input_dim=12, output_dim=3, bit_candidates=CANDIDATES,
+                  num_groups=4, temperature=0.5, bit_penalty=0.01)
+    config.update(kwargs)
+    layer = keras_mpe.MixedPrecisionEmbedding(**config)
+    layer.set_frequencies(np.arange(12) * 10)  # groups 0,0,0,1,1,1,...
+    rng = np.random.default_rng(0)
+    layer._embeddings.assign(rng.normal(size=(12, 3)).astype(np.float32))
+    layer._step_sizes.assign([0.9, 0.5, 0.1])
+    layer._offset.assign([0.1, -0.1, 0.0])
+    layer._precision_logits.assign(
+        rng.normal(size=(4, 4)).astype(np.float32)
+    )
+    return layer
+
+
+def expected_search(layer, ids):
+    table = layer._embeddings.numpy()
+    logits = layer._precision_logits.numpy() / layer.temperature
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    groups = layer._group_ids.numpy()
+    steps, offset = layer._step_sizes.numpy(), layer._offset.numpy()
+    out = np.zeros(ids.shape + (3,))
+    for k, bits in enumerate(CANDIDATES[1:]):
+        q = testing_utils.quantize_np(table[ids], steps[k], offset, bits)
+        out += probs[groups[ids], k + 1][..., None] * q
+    return out, probs
+
+
+class PhaseOutputTest(tf.test.TestCase):
+    ids = np.array([[0, 5, 11], [3, 3, 8]])
+
+    def test_groups_follow_frequency(self):
+        layer = make_layer()
+        self.assertAllEqual(np.repeat(np.arange(4), 3),
+                            layer._group_ids.numpy())
+        self.assertAllClose([1, 4, 7, 10], layer._group_weights.numpy())
+
+    def test_float_phase_is_a_plain_embedding(self):
+        layer = make_layer()
+        self.assertEqual(Phase.FLOAT, layer.phase)
+        self.assertAllClose(layer._embeddings.numpy()[self.ids],
+                            layer(self.ids))
+        self.assertAllClose(32.0, layer.average_bits())
+
+    def test_search_phase_mixture_and_penalty(self):
+        layer = make_layer()
+        layer.set_phase(Phase.SEARCH)
+        outputs = layer(self.ids)
+        expected, probs = expected_search(layer, self.ids)
+        self.assertAllClose(expected, outputs, atol=1e-6)
+        # R = sum_g (1 / c_g) * sum_b p_gb * b, weights c = [1, 4, 7, 10].
+        cost = (probs @ np.array(CANDIDATES) / [1, 4, 7, 10]).sum()
+        self.assertAllClose(0.01 * cost, tf.add_n(layer.losses))
+        self.assertAllClose(probs @ CANDIDATES, layer.bits_per_group()[
+            "expected_bits"])
+
+    def test_fixed_phase_uses_the_chosen_bits(self):
+        layer = make_layer()
+        layer._chosen_bits.assign([0, 1, 4, 2])
+        layer.set_phase(Phase.FIXED)
+        table = layer._embeddings.numpy()
+        steps, offset = layer._step_sizes.numpy(), layer._offset.numpy()
+        step_of = {1: steps[0], 2: steps[1], 4: steps[2]}
+        expected = np.zeros((12, 3))
+        for row, bits in enumerate(np.repeat([0, 1, 4, 2], 3)):
+            if bits:
+                expected[row] = testing_utils.quantize_np(
+                    table[row], step_of[bits], offset, bits)
+        self.assertAllClose(expected, layer(np.arange(12)), atol=1e-6)
+        self.assertAllClose(0.0, tf.add_n(layer.losses))
+        self.assertAllClose((0 + 1 + 4 + 2) / 4, layer.average_bits())
+
+    def test_select_bits_enters_fixed_phase(self):
+        layer = make_layer()
+        layer._precision_logits.assign(np.log(np.add(
+            [[0.9, 0.05, 0.03, 0.02], [0.1, 0.8, 0.1, 0.0],
+             [0.0, 0.1, 0.5, 0.4], [0.0, 0.0, 0.0, 1.0]], 1e-9)))
+        layer.temperature = 1.0
+        self.assertAllEqual([0, 1, 4, 4], layer.select_bits())
+        self.assertEqual(Phase.FIXED, layer.phase)
+
+    def test_gradients_per_phase(self):
+        layer = make_layer()
+        variables = [layer._embeddings, layer._step_sizes, layer._offset,
+                     layer._precision_logits]
+
+        def grads():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(self.ids) ** 2)
+                loss += tf.add_n(layer.losses)
+            return [
+                tf.convert_to_tensor(g) if g is not None else None
+                for g in tape.gradient(
+                    loss, [_compat.tf_variable(v) for v in variables])
+            ]
+
+        def norm(g):
+            return 0.0 if g is None else float(tf.norm(g))
+
+        table, steps, offset, logits = grads()
+        self.assertGreater(norm(table), 0)
+        self.assertEqual(0.0, norm(steps) + norm(logits))
+        layer.set_phase(Phase.SEARCH)
+        table, steps, offset, logits = grads()
+        self.assertGreater(min(norm(table), norm(steps), norm(logits)), 0)
+        layer._chosen_bits.assign([1, 1, 2, 4])
+        layer.set_phase(Phase.FIXED)
+        table, steps, offset, logits = grads()
+        self.assertGreater(min(norm(table), norm(steps)), 0)
+        self.assertEqual(0.0, norm(logits))
+
+    def test_step_sizes_follow_the_table_scale(self):
+        layer = make_layer()
+        layer.initialize_step_sizes()
+        mean_abs = np.abs(layer._embeddings.numpy()).mean()
+        self.assertAllClose(
+            [2 * mean_abs, 2 * mean_abs / np.sqrt(2),
+             2 * mean_abs / np.sqrt(8)],
+            layer._step_sizes.numpy(), rtol=1e-5)
+
+    def test_rewind_restores_the_snapshot(self):
+        layer = make_layer()
+        layer.snapshot_embeddings()
+        saved = layer._embeddings.numpy()
+        layer._embeddings.assign(saved + 1.0)
+        layer.rewind()
+        self.assertAllEqual(saved, layer._embeddings.numpy())
+
+
+class BadInputTest(tf.test.TestCase):
+    def test_constructor_arguments(self):
+        cases = [
+            (dict(input_dim=0), "input_dim=0"),
+            (dict(input_dim=2.5), "input_dim=2.5"),
+            (dict(output_dim=-1), "output_dim=-1"),
+            (dict(bit_candidates=(0, 9)), r"bit_candidates=\(0, 9\)"),
+            (dict(bit_candidates=(-1, 2)), r"from 0 to 8"),
+            (dict(bit_candidates=(2, 2)), "must not repeat"),
+            (dict(bit_candidates=(0,)), "at least one bit-width above 0"),
+            (dict(bit_candidates=()), "bit_candidates=()"),
+            (dict(num_groups=0), "num_groups=0"),
+            (dict(num_groups=11), "from 1 to input_dim=10. .*num_groups=11"),
+            (dict(temperature=0.0), "temperature=0.0"),
+            (dict(bit_penalty=-1e-3), "bit_penalty=-0.001"),
+        ]
+        for kwargs, message in cases:
+            config = dict(input_dim=10, output_dim=2, num_groups=2)
+            config.update(kwargs)
+            with self.assertRaisesRegex(ValueError, message):
+                keras_mpe.MixedPrecisionEmbedding(**config)
+
+    def test_ids_out_of_range_eager(self):
+        layer = make_layer()
+        for bad in ([[0, 12]], [[-1, 3]]):
+            with self.assertRaisesRegex(
+                tf.errors.InvalidArgumentError, r"\[0, input_dim=12\)"
+            ):
+                layer(np.array(bad))
+
+    def test_ids_out_of_range_in_fit(self):
+        layer = make_layer()
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer, 2))
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"\[0, input_dim=12\)"
+        ):
+            model.fit(np.array([[1, 12]]), np.array([1.0]), verbose=0)
+
+    def test_set_frequencies_shape(self):
+        with self.assertRaisesRegex(ValueError, r"shape \(12,\)"):
+            make_layer().set_frequencies(np.ones(5))
+
+
+def _searched_model():
+    layer = make_layer(input_dim=12, num_groups=4)
+    layer.set_phase(Phase.SEARCH)
+    model = testing_utils.ctr_model(layer, fields=3)
+    return model, layer
+
+
+class SerializationTest(tf.test.TestCase):
+    ids = np.array([[0, 5, 11], [3, 3, 8]], np.int32)
+
+    def test_config_round_trip(self):
+        layer = make_layer()
+        config = layer.get_config()
+        rebuilt = keras_mpe.MixedPrecisionEmbedding.from_config(config)
+        self.assertEqual(config, rebuilt.get_config())
+        self.assertEqual(CANDIDATES, rebuilt.bit_candidates)
+
+    def _assert_same_state(self, model, loaded):
+        self.assertAllClose(model.predict(self.ids, verbose=0),
+                            loaded.predict(self.ids, verbose=0), atol=1e-6)
+        (layer,) = [l for l in model.layers if hasattr(l, "bit_candidates")]
+        (other,) = [l for l in loaded.layers if hasattr(l, "bit_candidates")]
+        self.assertEqual(layer.phase, other.phase)
+        for name in ("_group_ids", "_counts", "_precision_logits",
+                     "_chosen_bits", "_initial_embeddings"):
+            self.assertAllEqual(getattr(layer, name).numpy(),
+                                getattr(other, name).numpy())
+
+    def test_save_and_load(self):
+        model, layer = _searched_model()
+        formats = ["model.keras"] if _compat.IS_KERAS_3 else [
+            "saved_model", "model.h5"]
+        for fmt in formats:
+            path = os.path.join(self.get_temp_dir(), fmt)
+            if fmt == "saved_model":
+                model.save(path, save_format="tf")
+            else:
+                model.save(path)
+            self._assert_same_state(model, keras.models.load_model(path))
+        layer._chosen_bits.assign([0, 2, 1, 4])
+        layer.set_phase(Phase.FIXED)
+        path = os.path.join(self.get_temp_dir(), formats[-1])
+        model.save(path, overwrite=True)
+        self._assert_same_state(model, keras.models.load_model(path))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_trains_under_xla(jit_compile):
+    layer = make_layer()
+    layer.set_phase(Phase.SEARCH)
+    model = testing_utils.compile_ctr(
+        testing_utils.ctr_model(layer, 3), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 12, (64, 3)).astype(np.int32)
+    labels = rng.integers(0, 2, 64).astype(np.float32)
+    before = layer._precision_logits.numpy()
+    history = model.fit(ids, labels, batch_size=16, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.allclose(before, layer._precision_logits.numpy())

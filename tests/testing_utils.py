@@ -1,0 +1,88 @@
+"""Helpers shared by the tests: reference math in numpy, data, models."""
+
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mpe
+from keras_mpe import _compat
+
+keras = _compat.keras
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+needs_legacy_keras = pytest.mark.skipif(
+    _compat.IS_KERAS_3, reason="needs TF_USE_LEGACY_KERAS=1 (tf_keras, TFRS)"
+)
+
+
+def shared_file(*parts):
+    """A file under ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def quantize_np(values, step, offset, bits):
+    """Reference fake quantization in numpy (round half to even)."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    step = abs(step) + 1e-10
+    return np.clip(np.round((values - offset) / step), lo, hi) * step + offset
+
+
+def zipf_ctr(rows=8000, vocab=1000, fields=4, informative=100, seed=0):
+    """CTR data whose ids are Zipf-distributed and whose rare ids are noise.
+
+    Only the `informative` most frequent ids (the lowest ids) move the
+    label; every other id carries no signal.
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.3, size=(rows, fields)) - 1, vocab - 1)
+    weights = rng.normal(size=vocab) * 1.5
+    weights[informative:] = 0.0
+    logits = weights[ids].sum(axis=1) - 0.5
+    labels = rng.random(rows) < 1.0 / (1.0 + np.exp(-logits))
+    return ids.astype(np.int32), labels.astype(np.float32)
+
+
+def dataset(ids, labels, batch_size=256):
+    return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size)
+
+
+def ctr_model(layer, fields=4):
+    """A functional CTR model around one MixedPrecisionEmbedding."""
+    inputs = keras.Input((fields,), dtype="int32")
+    x = keras.layers.Flatten()(layer(inputs))
+    x = keras.layers.Dense(16, activation="relu")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def compile_ctr(model, learning_rate=1e-2, **kwargs):
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        "binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+        **kwargs,
+    )
+    return model
+
+
+def train_searched(bit_penalty=3e-3, epochs=4, search_epochs=2, seed=0,
+                   **layer_kwargs):
+    """Trains the CTR model on `zipf_ctr` data with the callback."""
+    keras.utils.set_random_seed(seed)
+    ids, labels = zipf_ctr(seed=seed)
+    data = dataset(ids, labels)
+    layer = keras_mpe.MixedPrecisionEmbedding(
+        1000, 8, num_groups=8, bit_penalty=bit_penalty, **layer_kwargs
+    )
+    model = compile_ctr(ctr_model(layer))
+    callback = keras_mpe.MPECallback(
+        data, search_epochs=search_epochs, verbose=0
+    )
+    history = model.fit(data, epochs=epochs, callbacks=[callback], verbose=0)
+    return model, layer, history, data
