@@ -60,9 +60,11 @@ class MPECallback(keras.callbacks.Callback):
             as given to `fit`. Streamed once at the start to count ids.
         search_epochs: Integer. Epochs before the precisions are chosen,
             warm-up included. `fit` must run more epochs than this.
-        warmup_epochs: Integer from 0 to `search_epochs - 1`. Leading
-            epochs in which the layers train as float embeddings. 0 gives
-            the reference schedule.
+        warmup_epochs: Integer from 0 to `search_epochs - 1`, or None for
+            1 (0 when `search_epochs` is 1). Leading epochs in which the
+            layers train as float embeddings, so that the precisions
+            compete on a table that has learned something. 0 gives the
+            reference schedule.
         selection: String. "threshold" (reference), "argmax" or "sample".
         seed: Integer or None. Seed of the "sample" selection.
         monitor: String or None. A log key (e.g. "val_auc"); when given,
@@ -80,7 +82,7 @@ class MPECallback(keras.callbacks.Callback):
         self,
         frequency_data,
         search_epochs: int = 8,
-        warmup_epochs: int = 1,
+        warmup_epochs=None,
         selection: str = "threshold",
         seed=None,
         monitor=None,
@@ -100,6 +102,8 @@ class MPECallback(keras.callbacks.Callback):
                 "`search_epochs` must be a positive integer. "
                 f"Received: search_epochs={search_epochs}"
             )
+        if warmup_epochs is None:
+            warmup_epochs = min(1, search_epochs - 1)
         if not isinstance(warmup_epochs, int) or not (
             0 <= warmup_epochs < search_epochs
         ):

@@ -101,7 +101,7 @@ def criteo_like(
 
     Returns:
         A `tf.data.Dataset` of `({"categorical": int32 (batch, 26) global
-        ids, "dense": float32 (batch, 13)}, float32 (batch,) labels)`.
+        ids, "numeric": float32 (batch, 13)}, float32 (batch, 1) labels)`.
         Global id = field offset + frequency rank; the vocabulary size is
         `sum(field_cardinalities(max_cardinality))`.
     """
@@ -142,7 +142,77 @@ def criteo_like(
         logit = -1.3 + tf.reduce_sum(weights, axis=1) / 2.0 + dense_effect
         noise = tf.random.stateless_uniform([size], key + 2)
         labels = tf.cast(noise < tf.sigmoid(logit), tf.float32)
-        return {"categorical": tf.cast(ids, tf.int32), "dense": dense}, labels
+        features = {"categorical": tf.cast(ids, tf.int32), "numeric": dense}
+        return features, labels[:, None]
 
     starts = tf.data.Dataset.range(first_row, first_row + num_rows, batch_size)
     return starts.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _criteo_numeric_token(value: str) -> str:
+    """The reference bucketing: v -> floor(ln(v)^2) if v > 2, else v."""
+    if value == "":
+        return ""
+    number = int(value)
+    if number > 2:
+        return str(int(np.floor(np.log(number) ** 2)))
+    return str(number)
+
+
+def read_criteo(path, min_count: int = 2, train_fraction: float = 0.8,
+                seed: int = 0) -> dict:
+    """Reads a Kaggle Criteo TSV (label, I1-I13, C1-C26) as 39 id fields.
+
+    Preprocessing as in the MPE reference: numeric values are bucketed to
+    floor(ln(v)^2) when v > 2, and every field's values seen fewer than
+    `min_count` times in the training rows map to that field's
+    out-of-vocabulary id. Within a field, ids are ordered by training
+    frequency (most frequent first), so the vocabulary is frequency
+    ordered; field f's ids start at `offsets[f]`.
+
+    Args:
+        path: Path of the tab-separated file (no header).
+        min_count: Integer. Rarer values share the field's OOV id.
+        train_fraction: Float. Share of the rows (shuffled with `seed`)
+            used for training; the rest is split evenly into validation
+            and test, as the reference's random 80/10/10 split.
+        seed: Integer. Seed of the split.
+
+    Returns:
+        A dict with "train", "val", "test": `(ids int32 (rows, 39),
+        labels float32 (rows, 1))`, and "vocabulary_size".
+    """
+    with open(path) as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    if not rows or any(len(row) != 40 for row in rows):
+        bad = next((len(r) for r in rows if len(r) != 40), 0)
+        raise ValueError(
+            f"`path` must be a Criteo TSV with 40 fields per line. "
+            f"Received: {path} with a line of {bad} fields"
+        )
+    labels = np.array([[float(row[0])] for row in rows], np.float32)
+    tokens = [
+        [_criteo_numeric_token(v) for v in row[1:14]] + row[14:]
+        for row in rows
+    ]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    cut = int(len(rows) * train_fraction)
+    val_cut = cut + (len(rows) - cut) // 2
+    train_rows = set(order[:cut].tolist())
+    ids = np.zeros((len(rows), 39), np.int32)
+    offset = 0
+    for field in range(39):
+        column = [row[field] for row in tokens]
+        counts = {}
+        for i in train_rows:
+            counts[column[i]] = counts.get(column[i], 0) + 1
+        kept = sorted((v for v, c in counts.items() if c >= min_count),
+                      key=lambda v: (-counts[v], v))
+        index = {value: offset + 1 + rank for rank, value in enumerate(kept)}
+        ids[:, field] = [index.get(value, offset) for value in column]
+        offset += len(kept) + 1
+    parts = {"train": order[:cut], "val": order[cut:val_cut],
+             "test": order[val_cut:]}
+    result = {name: (ids[p], labels[p]) for name, p in parts.items()}
+    result["vocabulary_size"] = offset
+    return result

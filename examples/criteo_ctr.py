@@ -1,0 +1,150 @@
+"""Trains a CTR model with Mixed-Precision Embeddings and compares to fp32.
+
+The default data is the built-in synthetic Criteo-like generator (no
+download). `--criteo PATH` reads a real Kaggle Criteo TSV instead, with the
+MPE reference preprocessing.
+
+    python examples/criteo_ctr.py
+    python examples/criteo_ctr.py --criteo ../shared/data/criteo/criteo_dac_head8000.txt \
+        --batch-size 250 --bit-penalty 3e-3
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_mpe  # noqa: E402
+from keras_mpe import _compat  # noqa: E402
+from keras_mpe import datasets  # noqa: E402
+
+keras = _compat.keras
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--criteo", help="a Kaggle Criteo TSV file")
+    parser.add_argument("--rows", type=int, default=400_000,
+                        help="synthetic training rows")
+    parser.add_argument("--max-cardinality", type=int, default=20_000,
+                        help="synthetic per-field vocabulary cap")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--search-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--num-groups", type=int, default=64)
+    parser.add_argument("--bit-penalty", type=float, default=3e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def load_data(args):
+    """Returns (train, val, test) datasets and the vocabulary size."""
+    if args.criteo:
+        data = datasets.read_criteo(args.criteo, seed=args.seed)
+
+        def batches(name):
+            ids, labels = data[name]
+            return tf.data.Dataset.from_tensor_slices(
+                ({"categorical": ids}, labels)).batch(args.batch_size)
+
+        return (batches("train"), batches("val"), batches("test"),
+                data["vocabulary_size"])
+    held_out = max(args.rows // 8, 1)
+
+    def synthetic(rows, first_row):
+        return datasets.criteo_like(
+            rows, batch_size=args.batch_size, first_row=first_row,
+            max_cardinality=args.max_cardinality, seed=args.seed,
+        ).cache()
+
+    vocabulary = sum(datasets.field_cardinalities(args.max_cardinality))
+    return (synthetic(args.rows, 0), synthetic(held_out, args.rows),
+            synthetic(held_out, args.rows + held_out), vocabulary)
+
+
+def dnn(embedding, fields, dense_features):
+    """Embeddings (+ log1p numeric features) -> MLP 256-128 -> sigmoid."""
+    categorical = keras.Input((fields,), dtype="int32", name="categorical")
+    inputs = {"categorical": categorical}
+    x = keras.layers.Flatten()(embedding(categorical))
+    if dense_features:
+        numeric = keras.Input((dense_features,), name="numeric")
+        inputs["numeric"] = numeric
+        x = keras.layers.Concatenate()([x, keras.layers.Lambda(
+            tf.math.log1p)(numeric)])
+    for units in (256, 128):
+        x = keras.layers.Dense(units, activation="relu")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def train(embedding, data, args, callbacks=()):
+    train_data, val_data, test_data, _ = data
+    keras.utils.set_random_seed(args.seed)
+    features = next(iter(train_data))[0]
+    dense = features["numeric"].shape[-1] if "numeric" in features else 0
+    model = dnn(embedding(), features["categorical"].shape[-1], dense)
+    model.compile(
+        keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"),
+                 keras.metrics.BinaryCrossentropy(name="logloss")])
+    start = time.time()
+    model.fit(train_data, validation_data=val_data, epochs=args.epochs,
+              callbacks=list(callbacks), verbose=2)
+    seconds = time.time() - start
+    scores = model.evaluate(test_data, return_dict=True, verbose=0)
+    return model, scores, seconds
+
+
+def main():
+    args = parse_args()
+    data = load_data(args)
+    vocabulary = data[3]
+    print(f"vocabulary: {vocabulary} ids, embedding dim {args.dim}")
+
+    print("\n== fp32 embedding ==")
+    _, fp32, fp32_seconds = train(
+        lambda: keras.layers.Embedding(vocabulary, args.dim), data, args)
+
+    print("\n== Mixed-Precision Embedding ==")
+    layers = []
+
+    def mpe():
+        layers.append(keras_mpe.MixedPrecisionEmbedding(
+            vocabulary, args.dim, num_groups=args.num_groups,
+            bit_penalty=args.bit_penalty))
+        return layers[-1]
+
+    callback = keras_mpe.MPECallback(
+        frequency_data=data[0], search_epochs=args.search_epochs,
+        monitor="val_auc")
+    _, mpe_scores, mpe_seconds = train(mpe, data, args, [callback])
+    layer = layers[-1]
+
+    groups = layer.bits_per_group()
+    print("\n== search outcome ==")
+    print("group (rarest first) | rows | lookups | bits")
+    for g in np.linspace(0, layer.num_groups - 1, 9).astype(int):
+        print(f"{g:5d} | {groups['rows'][g]:7d} | {groups['count'][g]:9d} "
+              f"| {groups['bits'][g]}")
+    rows_per_bits = {int(b): int(groups["rows"][groups["bits"] == b].sum())
+                     for b in layer.bit_candidates}
+    bits = layer.average_bits()
+    print(f"rows per bit-width: {rows_per_bits}")
+    print(f"average bits per element: {bits:.3f} -> payload compression "
+          f"{32 / bits if bits else float('inf'):.1f}x")
+    print("\n== test set ==")
+    print(f"fp32: AUC {fp32['auc']:.4f}  LogLoss {fp32['logloss']:.4f}  "
+          f"train {fp32_seconds:.0f}s")
+    print(f"MPE : AUC {mpe_scores['auc']:.4f}  LogLoss "
+          f"{mpe_scores['logloss']:.4f}  train {mpe_seconds:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""A TensorFlow Recommenders ranking model with MixedPrecisionEmbedding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import testing_utils
+
+import keras_mpe
+from keras_mpe import _compat
+
+keras = _compat.keras
+pytestmark = testing_utils.needs_legacy_keras
+USERS, ITEMS = 943, 1682  # MovieLens 100K
+
+
+def movielens_like(rows=60000, factors=4, seed=0):
+    """Ratings 1..5 from latent factors, Zipf-distributed users and items."""
+    rng = np.random.default_rng(seed)
+    users = np.minimum(rng.zipf(1.2, rows) - 1, USERS - 1)
+    items = np.minimum(rng.zipf(1.15, rows) - 1, ITEMS - 1)
+    user_f = rng.normal(size=(USERS, factors)) * 0.6
+    item_f = rng.normal(size=(ITEMS, factors)) * 0.6
+    ratings = 3.5 + (user_f[users] * item_f[items]).sum(axis=1)
+    ratings += rng.normal(size=USERS)[users] * 0.4
+    ratings += rng.normal(size=ITEMS)[items] * 0.4
+    ratings += rng.normal(size=rows) * 0.7
+    return {"user": users.astype(np.int32), "item": items.astype(np.int32),
+            "rating": np.clip(ratings, 1, 5).astype(np.float32)}
+
+
+def ranking_model(make_embedding):
+    import tensorflow_recommenders as tfrs
+
+    class RankingModel(tfrs.models.Model):
+        def __init__(self):
+            super().__init__()
+            self.user = make_embedding(USERS)
+            self.item = make_embedding(ITEMS)
+            self.mlp = keras.Sequential([
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(1)])
+            self.task = tfrs.tasks.Ranking(
+                loss=keras.losses.MeanSquaredError(),
+                metrics=[keras.metrics.RootMeanSquaredError(name="rmse")])
+
+        def call(self, features):
+            return self.mlp(tf.concat(
+                [self.user(features["user"]), self.item(features["item"])],
+                axis=1))
+
+        def compute_loss(self, features, training=False):
+            return self.task(labels=features["rating"],
+                             predictions=self(features))
+
+    model = RankingModel()
+    model.compile(keras.optimizers.Adam(1e-2))
+    return model
+
+
+def train_and_test(make_embedding, data, epochs, callback=None):
+    keras.utils.set_random_seed(0)
+    rows = len(data["rating"])
+    cut = int(rows * 0.8)
+
+    def batches(part):
+        sliced = {k: v[part] for k, v in data.items()}
+        return tf.data.Dataset.from_tensor_slices(sliced).batch(512)
+
+    train, test = batches(slice(0, cut)), batches(slice(cut, None))
+    model = ranking_model(make_embedding)
+    callbacks = [callback(train)] if callback else []
+    history = model.fit(train, epochs=epochs, verbose=0, callbacks=callbacks)
+    rmse = model.evaluate(test, return_dict=True, verbose=0)["rmse"]
+    return model, history.history, rmse
+
+
+def mpe_embedding(rows):
+    return keras_mpe.MixedPrecisionEmbedding(
+        rows, 16, num_groups=32, bit_penalty=1e-3)
+
+
+@pytest.mark.slow
+def test_default_settings_stay_close_to_float():
+    data = movielens_like()
+    _, _, float_rmse = train_and_test(
+        lambda rows: keras.layers.Embedding(rows, 16), data, epochs=8)
+    model, history, mpe_rmse = train_and_test(
+        mpe_embedding, data, epochs=8,
+        callback=lambda train: keras_mpe.MPECallback(
+            train, search_epochs=4, verbose=0))
+    assert mpe_rmse < 1.03 * float_rmse, (mpe_rmse, float_rmse)
+    # It compressed: every table below 6 bits on average, phases ran, and
+    # TFRS added the bit penalty to the loss only while searching.
+    assert history["mpe_phase"] == [0, 1, 1, 1, 2, 2, 2, 2]
+    assert history["mpe_bits"][-1] < 5.0
+    penalty = history["regularization_loss"]
+    assert penalty[0] == 0 and min(penalty[1:4]) > 0
+    assert max(penalty[4:]) == 0
+    for layer in (model.user, model.item):
+        groups = layer.bits_per_group()
+        assert groups["bits"][:8].mean() + 1.0 < groups["bits"][-8:].mean()
+
+
+def test_real_movielens_counts(tmp_path):
+    """The real MovieLens 100K sample (skipped where ../shared is absent)."""
+    path = testing_utils.shared_file("movielens", "ml-100k", "u.data")
+    table = np.loadtxt(path, dtype=np.int64)
+    data = {"user": (table[:, 0] - 1).astype(np.int32),
+            "item": (table[:, 1] - 1).astype(np.int32),
+            "rating": table[:, 2].astype(np.float32)}
+    model, history, rmse = train_and_test(
+        mpe_embedding, data, epochs=2,
+        callback=lambda train: keras_mpe.MPECallback(
+            train, search_epochs=1, verbose=0))
+    cut = int(len(table) * 0.8)
+    expected = np.bincount(data["item"][:cut], minlength=ITEMS)
+    np.testing.assert_array_equal(expected, model.item._counts.numpy())
+    assert history["mpe_phase"] == [1, 2]
+    assert rmse < 1.2
