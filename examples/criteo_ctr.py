@@ -5,8 +5,8 @@ download). `--criteo PATH` reads a real Kaggle Criteo TSV instead, with the
 MPE reference preprocessing.
 
     python examples/criteo_ctr.py
-    python examples/criteo_ctr.py --criteo ../shared/data/criteo/criteo_dac_head8000.txt \
-        --batch-size 250 --bit-penalty 3e-3
+    python examples/criteo_ctr.py --batch-size 250 --bit-penalty 3e-3 \
+        --criteo ../shared/data/criteo/criteo_dac_head8000.txt
 """
 
 import argparse
@@ -28,10 +28,15 @@ keras = _compat.keras
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--criteo", help="a Kaggle Criteo TSV file")
-    parser.add_argument("--rows", type=int, default=400_000,
-                        help="synthetic training rows")
-    parser.add_argument("--max-cardinality", type=int, default=20_000,
-                        help="synthetic per-field vocabulary cap")
+    parser.add_argument(
+        "--rows", type=int, default=400_000, help="synthetic training rows"
+    )
+    parser.add_argument(
+        "--max-cardinality",
+        type=int,
+        default=20_000,
+        help="synthetic per-field vocabulary cap",
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2048)
@@ -51,21 +56,33 @@ def load_data(args):
         def batches(name):
             ids, labels = data[name]
             return tf.data.Dataset.from_tensor_slices(
-                ({"categorical": ids}, labels)).batch(args.batch_size)
+                ({"categorical": ids}, labels)
+            ).batch(args.batch_size)
 
-        return (batches("train"), batches("val"), batches("test"),
-                data["vocabulary_size"])
+        return (
+            batches("train"),
+            batches("val"),
+            batches("test"),
+            data["vocabulary_size"],
+        )
     held_out = max(args.rows // 8, 1)
 
     def synthetic(rows, first_row):
         return datasets.criteo_like(
-            rows, batch_size=args.batch_size, first_row=first_row,
-            max_cardinality=args.max_cardinality, seed=args.seed,
+            rows,
+            batch_size=args.batch_size,
+            first_row=first_row,
+            max_cardinality=args.max_cardinality,
+            seed=args.seed,
         ).cache()
 
     vocabulary = sum(datasets.field_cardinalities(args.max_cardinality))
-    return (synthetic(args.rows, 0), synthetic(held_out, args.rows),
-            synthetic(held_out, args.rows + held_out), vocabulary)
+    return (
+        synthetic(args.rows, 0),
+        synthetic(held_out, args.rows),
+        synthetic(held_out, args.rows + held_out),
+        vocabulary,
+    )
 
 
 def dnn(embedding, fields, dense_features):
@@ -76,8 +93,9 @@ def dnn(embedding, fields, dense_features):
     if dense_features:
         numeric = keras.Input((dense_features,), name="numeric")
         inputs["numeric"] = numeric
-        x = keras.layers.Concatenate()([x, keras.layers.Lambda(
-            tf.math.log1p)(numeric)])
+        x = keras.layers.Concatenate()(
+            [x, keras.layers.Lambda(tf.math.log1p)(numeric)]
+        )
     for units in (256, 128):
         x = keras.layers.Dense(units, activation="relu")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
@@ -91,12 +109,21 @@ def train(embedding, data, args, callbacks=()):
     dense = features["numeric"].shape[-1] if "numeric" in features else 0
     model = dnn(embedding(), features["categorical"].shape[-1], dense)
     model.compile(
-        keras.optimizers.Adam(args.learning_rate), "binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc"),
-                 keras.metrics.BinaryCrossentropy(name="logloss")])
+        keras.optimizers.Adam(args.learning_rate),
+        "binary_crossentropy",
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.BinaryCrossentropy(name="logloss"),
+        ],
+    )
     start = time.time()
-    model.fit(train_data, validation_data=val_data, epochs=args.epochs,
-              callbacks=list(callbacks), verbose=2)
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=args.epochs,
+        callbacks=list(callbacks),
+        verbose=2,
+    )
     seconds = time.time() - start
     scores = model.evaluate(test_data, return_dict=True, verbose=0)
     return model, scores, seconds
@@ -110,20 +137,28 @@ def main():
 
     print("\n== fp32 embedding ==")
     _, fp32, fp32_seconds = train(
-        lambda: keras.layers.Embedding(vocabulary, args.dim), data, args)
+        lambda: keras.layers.Embedding(vocabulary, args.dim), data, args
+    )
 
     print("\n== Mixed-Precision Embedding ==")
     layers = []
 
     def mpe():
-        layers.append(keras_mpe.MixedPrecisionEmbedding(
-            vocabulary, args.dim, num_groups=args.num_groups,
-            bit_penalty=args.bit_penalty))
+        layers.append(
+            keras_mpe.MixedPrecisionEmbedding(
+                vocabulary,
+                args.dim,
+                num_groups=args.num_groups,
+                bit_penalty=args.bit_penalty,
+            )
+        )
         return layers[-1]
 
     callback = keras_mpe.MPECallback(
-        frequency_data=data[0], search_epochs=args.search_epochs,
-        monitor="val_auc")
+        frequency_data=data[0],
+        search_epochs=args.search_epochs,
+        monitor="val_auc",
+    )
     _, mpe_scores, mpe_seconds = train(mpe, data, args, [callback])
     layer = layers[-1]
 
@@ -131,19 +166,29 @@ def main():
     print("\n== search outcome ==")
     print("group (rarest first) | rows | lookups | bits")
     for g in np.linspace(0, layer.num_groups - 1, 9).astype(int):
-        print(f"{g:5d} | {groups['rows'][g]:7d} | {groups['count'][g]:9d} "
-              f"| {groups['bits'][g]}")
-    rows_per_bits = {int(b): int(groups["rows"][groups["bits"] == b].sum())
-                     for b in layer.bit_candidates}
+        print(
+            f"{g:5d} | {groups['rows'][g]:7d} | {groups['count'][g]:9d} "
+            f"| {groups['bits'][g]}"
+        )
+    rows_per_bits = {
+        int(b): int(groups["rows"][groups["bits"] == b].sum())
+        for b in layer.bit_candidates
+    }
     bits = layer.average_bits()
     print(f"rows per bit-width: {rows_per_bits}")
-    print(f"average bits per element: {bits:.3f} -> payload compression "
-          f"{32 / bits if bits else float('inf'):.1f}x")
+    print(
+        f"average bits per element: {bits:.3f} -> payload compression "
+        f"{32 / bits if bits else float('inf'):.1f}x"
+    )
     print("\n== test set ==")
-    print(f"fp32: AUC {fp32['auc']:.4f}  LogLoss {fp32['logloss']:.4f}  "
-          f"train {fp32_seconds:.0f}s")
-    print(f"MPE : AUC {mpe_scores['auc']:.4f}  LogLoss "
-          f"{mpe_scores['logloss']:.4f}  train {mpe_seconds:.0f}s")
+    print(
+        f"fp32: AUC {fp32['auc']:.4f}  LogLoss {fp32['logloss']:.4f}  "
+        f"train {fp32_seconds:.0f}s"
+    )
+    print(
+        f"MPE : AUC {mpe_scores['auc']:.4f}  LogLoss "
+        f"{mpe_scores['logloss']:.4f}  train {mpe_seconds:.0f}s"
+    )
 
 
 if __name__ == "__main__":

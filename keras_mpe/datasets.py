@@ -62,8 +62,9 @@ def _zipf_ranks(uniform, cardinalities, exponent):
     n = tf.constant(cardinalities, tf.float64)
     one_minus_s = 1.0 - exponent
     top = tf.pow(n + 1.0, one_minus_s)
-    draws = tf.pow(1.0 + tf.cast(uniform, tf.float64) * (top - 1.0),
-                   1.0 / one_minus_s)
+    draws = tf.pow(
+        1.0 + tf.cast(uniform, tf.float64) * (top - 1.0), 1.0 / one_minus_s
+    )
     ranks = tf.cast(tf.floor(draws), tf.int64) - 1
     return tf.clip_by_value(ranks, 0, tf.cast(n, tf.int64) - 1)
 
@@ -133,9 +134,10 @@ def criteo_like(
             tf.random.stateless_normal([size, NUM_DENSE], key + 1) * 1.5
         )
         dense = tf.floor(dense)
-        dense_sign = 2.0 * _hash_unit(
-            tf.range(NUM_DENSE, dtype=tf.int64) + seed * 7919
-        ) - 1.0
+        dense_sign = (
+            2.0 * _hash_unit(tf.range(NUM_DENSE, dtype=tf.int64) + seed * 7919)
+            - 1.0
+        )
         dense_effect = 0.3 * tf.reduce_mean(
             tf.math.log1p(dense) * dense_sign, axis=1
         )
@@ -159,8 +161,9 @@ def _criteo_numeric_token(value: str) -> str:
     return str(number)
 
 
-def read_criteo(path, min_count: int = 2, train_fraction: float = 0.8,
-                seed: int = 0) -> dict:
+def read_criteo(
+    path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
+) -> dict:
     """Reads a Kaggle Criteo TSV (label, I1-I13, C1-C26) as 39 id fields.
 
     Preprocessing as in the MPE reference: numeric values are bucketed to
@@ -192,8 +195,7 @@ def read_criteo(path, min_count: int = 2, train_fraction: float = 0.8,
         )
     labels = np.array([[float(row[0])] for row in rows], np.float32)
     tokens = [
-        [_criteo_numeric_token(v) for v in row[1:14]] + row[14:]
-        for row in rows
+        [_criteo_numeric_token(v) for v in row[1:14]] + row[14:] for row in rows
     ]
     order = np.random.default_rng(seed).permutation(len(rows))
     cut = int(len(rows) * train_fraction)
@@ -206,13 +208,18 @@ def read_criteo(path, min_count: int = 2, train_fraction: float = 0.8,
         counts = {}
         for i in train_rows:
             counts[column[i]] = counts.get(column[i], 0) + 1
-        kept = sorted((v for v, c in counts.items() if c >= min_count),
-                      key=lambda v: (-counts[v], v))
+        kept = sorted(
+            (v for v, c in counts.items() if c >= min_count),
+            key=lambda v: (-counts[v], v),
+        )
         index = {value: offset + 1 + rank for rank, value in enumerate(kept)}
         ids[:, field] = [index.get(value, offset) for value in column]
         offset += len(kept) + 1
-    parts = {"train": order[:cut], "val": order[cut:val_cut],
-             "test": order[val_cut:]}
+    parts = {
+        "train": order[:cut],
+        "val": order[cut:val_cut],
+        "test": order[val_cut:],
+    }
     result = {name: (ids[p], labels[p]) for name, p in parts.items()}
     result["vocabulary_size"] = offset
     return result

@@ -86,8 +86,10 @@ def _validate_bit_candidates(bit_candidates):
 def _validate_positive_int(name, value, upper=None):
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if not ok or value < 1 or (upper is not None and value > upper):
-        valid = "a positive integer" if upper is None else (
-            f"an integer from 1 to input_dim={upper}"
+        valid = (
+            "a positive integer"
+            if upper is None
+            else (f"an integer from 1 to input_dim={upper}")
         )
         raise ValueError(f"`{name}` must be {valid}. Received: {name}={value}")
 
@@ -194,12 +196,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             initializer=self.embeddings_initializer,
         )
         self._initial_embeddings = self.add_weight(
-            name="initial_embeddings", shape=(rows, dim),
-            initializer="zeros", **state,
+            name="initial_embeddings",
+            shape=(rows, dim),
+            initializer="zeros",
+            **state,
         )
         self._initial_embeddings.assign(self._embeddings)
         self._step_sizes = self.add_weight(
-            name="step_sizes", shape=(len(self.quantized_bits),),
+            name="step_sizes",
+            shape=(len(self.quantized_bits),),
             initializer="ones",
         )
         self._offset = self.add_weight(
@@ -209,22 +214,34 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             name="precision_logits", shape=(groups, k), initializer="zeros"
         )
         self._counts = self.add_weight(
-            name="counts", shape=(rows,), dtype="int64",
-            initializer="zeros", **state,
+            name="counts",
+            shape=(rows,),
+            dtype="int64",
+            initializer="zeros",
+            **state,
         )
         self._group_ids = self.add_weight(
-            name="group_ids", shape=(rows,), dtype="int32",
-            initializer="zeros", **state,
+            name="group_ids",
+            shape=(rows,),
+            dtype="int32",
+            initializer="zeros",
+            **state,
         )
         self._group_weights = self.add_weight(
             name="group_weights", shape=(groups,), initializer="ones", **state
         )
         self._chosen_bits = self.add_weight(
-            name="chosen_bits", shape=(groups,), dtype="int32",
-            initializer="zeros", **state,
+            name="chosen_bits",
+            shape=(groups,),
+            dtype="int32",
+            initializer="zeros",
+            **state,
         )
         self._phase = self.add_weight(
-            name="phase", shape=(), dtype="int32", initializer="zeros",
+            name="phase",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
             **state,
         )
         self.built = True
@@ -303,10 +320,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             _compat.read(self._offset),
             lo=column([lo for lo, _ in ranges]),
             hi=column([hi for _, hi in ranges]),
-            grad_scale=column([
-                quantizer.gradient_scale(b, self.input_dim, self.output_dim)
-                for b in bits
-            ]),
+            grad_scale=column(
+                [
+                    quantizer.gradient_scale(b, self.input_dim, self.output_dim)
+                    for b in bits
+                ]
+            ),
         )
         first = len(self.bit_candidates) - len(bits)
         return tf.einsum("nk,nkd->nd", weights[:, first:], quantized)
@@ -351,10 +370,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """Sets each alpha_b from the table's current scale (LSQ init)."""
         mean_abs = float(tf.reduce_mean(tf.abs(self._embeddings)))
         mean_abs = mean_abs or 1.0
-        self._step_sizes.assign([
-            quantizer.initial_step_size(mean_abs, b)
-            for b in self.quantized_bits
-        ])
+        self._step_sizes.assign(
+            [
+                quantizer.initial_step_size(mean_abs, b)
+                for b in self.quantized_bits
+            ]
+        )
 
     def snapshot_embeddings(self):
         """Remembers the current table as the target of `rewind()`."""
@@ -402,7 +423,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             "count" (occurrences counted) and "weight" (c_g).
         """
         counts = np.bincount(
-            self._group_ids.numpy(), weights=self._counts.numpy(),
+            self._group_ids.numpy(),
+            weights=self._counts.numpy(),
             minlength=self.num_groups,
         )
         bits = np.asarray(self.bit_candidates, np.float64)

@@ -52,16 +52,25 @@ class ScheduleTest(tf.test.TestCase):
         model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
         probe = Probe(layer, select_epoch=4)
         callback = keras_mpe.MPECallback(
-            data, search_epochs=4, warmup_epochs=1, monitor="val_score",
-            mode="max", verbose=0)
+            data,
+            search_epochs=4,
+            warmup_epochs=1,
+            monitor="val_score",
+            mode="max",
+            verbose=0,
+        )
         history = model.fit(
-            data, epochs=6, verbose=0,
-            callbacks=[ScoreByEpoch(best_epoch=2), callback, probe])
+            data,
+            epochs=6,
+            verbose=0,
+            callbacks=[ScoreByEpoch(best_epoch=2), callback, probe],
+        )
         logs = history.history
         self.assertEqual([0, 1, 1, 1, 2, 2], logs["mpe_phase"])
         self.assertEqual(32.0, logs["mpe_bits"][0])
-        for bits, ratio in zip(logs["mpe_bits"], logs["mpe_compression"],
-                               strict=True):
+        for bits, ratio in zip(
+            logs["mpe_bits"], logs["mpe_compression"], strict=True
+        ):
             self.assertAllClose(32.0 / bits, ratio)
         self.assertAllClose(layer.average_bits(), logs["mpe_bits"][-1])
         # The table was rewound to its values at the start of training.
@@ -69,10 +78,10 @@ class ScheduleTest(tf.test.TestCase):
         # The bits were chosen from the logits of the best epoch (2).
         expected = keras_mpe.embedding.selection.select_bits(
             _softmax(probe.logits_at_end[2] / layer.temperature),
-            layer.bit_candidates)
+            layer.bit_candidates,
+        )
         self.assertAllEqual(expected, layer._chosen_bits.numpy())
-        self.assertNotAllClose(probe.logits_at_end[2],
-                               probe.logits_at_end[3])
+        self.assertNotAllClose(probe.logits_at_end[2], probe.logits_at_end[3])
         counts = np.bincount(ids.ravel(), minlength=1000)
         self.assertAllEqual(counts, layer._counts.numpy())
 
@@ -99,21 +108,26 @@ class LearningTest(tf.test.TestCase):
     @pytest.mark.slow
     def test_rare_groups_get_fewer_bits_and_penalty_lowers_bits(self):
         _, weak, weak_history, _ = testing_utils.train_searched(
-            bit_penalty=1e-2)
+            bit_penalty=1e-2
+        )
         _, strong, strong_history, _ = testing_utils.train_searched(
-            bit_penalty=1.0)
+            bit_penalty=1.0
+        )
         for layer in (weak, strong):
             groups = layer.bits_per_group()
             # Group 0 holds the rarest ids, group 7 the most frequent.
             rare = groups["expected_bits"][:3].mean()
             frequent = groups["expected_bits"][-2:].mean()
             self.assertLess(rare + 1.0, frequent)
-            self.assertLess(groups["bits"][:3].mean() + 1.0,
-                            groups["bits"][-2:].mean())
+            self.assertLess(
+                groups["bits"][:3].mean() + 1.0, groups["bits"][-2:].mean()
+            )
         self.assertLess(strong.average_bits() + 0.5, weak.average_bits())
         # Expected bits at the end of the last search epoch (index 2).
-        self.assertLess(strong_history.history["mpe_bits"][2] + 0.5,
-                        weak_history.history["mpe_bits"][2])
+        self.assertLess(
+            strong_history.history["mpe_bits"][2] + 0.5,
+            weak_history.history["mpe_bits"][2],
+        )
 
 
 class ResumeTest(tf.test.TestCase):
@@ -134,8 +148,7 @@ class ResumeTest(tf.test.TestCase):
 
         model, layer = build()
         callback = keras_mpe.MPECallback(data, search_epochs=3, verbose=0)
-        model.fit(data, epochs=5, verbose=0,
-                  callbacks=[callback, StopAfter()])
+        model.fit(data, epochs=5, verbose=0, callbacks=[callback, StopAfter()])
         self.assertEqual(Phase.SEARCH, layer.phase)
         path = os.path.join(self.get_temp_dir(), "mid_search.weights.h5")
         model.save_weights(path)
@@ -143,20 +156,29 @@ class ResumeTest(tf.test.TestCase):
         restored, restored_layer = build()
         restored.load_weights(path)
         self.assertEqual(Phase.SEARCH, restored_layer.phase)
-        for name in ("_counts", "_group_ids", "_group_weights",
-                     "_precision_logits", "_step_sizes",
-                     "_initial_embeddings"):
-            self.assertAllEqual(getattr(layer, name).numpy(),
-                                getattr(restored_layer, name).numpy())
+        for name in (
+            "_counts",
+            "_group_ids",
+            "_group_weights",
+            "_precision_logits",
+            "_step_sizes",
+            "_initial_embeddings",
+        ):
+            self.assertAllEqual(
+                getattr(layer, name).numpy(),
+                getattr(restored_layer, name).numpy(),
+            )
 
         def never_iterated():
             raise AssertionError("frequencies were counted again")
             yield
 
-        resumed = keras_mpe.MPECallback(never_iterated(), search_epochs=3,
-                                        verbose=0)
-        history = restored.fit(data, epochs=5, initial_epoch=2, verbose=0,
-                               callbacks=[resumed])
+        resumed = keras_mpe.MPECallback(
+            never_iterated(), search_epochs=3, verbose=0
+        )
+        history = restored.fit(
+            data, epochs=5, initial_epoch=2, verbose=0, callbacks=[resumed]
+        )
         self.assertEqual([1, 2, 2], history.history["mpe_phase"])
         self.assertEqual(Phase.FIXED, restored_layer.phase)
 
@@ -170,8 +192,10 @@ class BadInputTest(tf.test.TestCase):
     def test_arguments(self):
         cases = [
             (dict(search_epochs=0), "search_epochs=0"),
-            (dict(warmup_epochs=2, search_epochs=2),
-             "from 0 to search_epochs - 1 = 1. .*warmup_epochs=2"),
+            (
+                dict(warmup_epochs=2, search_epochs=2),
+                "from 0 to search_epochs - 1 = 1. .*warmup_epochs=2",
+            ),
             (dict(selection="best"), "selection='best'"),
             (dict(mode="up"), "mode='up'"),
         ]
@@ -186,21 +210,28 @@ class BadInputTest(tf.test.TestCase):
         model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
         model.compile("adam", "mse")
         data = tf.data.Dataset.from_tensor_slices(
-            (np.ones((8, 4)), np.ones(8))).batch(4)
+            (np.ones((8, 4)), np.ones(8))
+        ).batch(4)
         with self.assertRaisesRegex(ValueError, "has no MixedPrecision"):
-            model.fit(data, epochs=3, verbose=0,
-                      callbacks=[keras_mpe.MPECallback(data, 1)])
+            model.fit(
+                data,
+                epochs=3,
+                verbose=0,
+                callbacks=[keras_mpe.MPECallback(data, 1)],
+            )
 
     def _fit(self, callback, epochs=3, data=None):
         layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=4)
         model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
-        model.fit(data or self.data, epochs=epochs, verbose=0,
-                  callbacks=[callback])
+        model.fit(
+            data or self.data, epochs=epochs, verbose=0, callbacks=[callback]
+        )
 
     def test_search_epochs_leave_no_retraining(self):
         with self.assertRaisesRegex(
-            ValueError, "search_epochs=3` leaves no retraining in "
-            r"`fit\(epochs=3\)"
+            ValueError,
+            "search_epochs=3` leaves no retraining in "
+            r"`fit\(epochs=3\)",
         ):
             self._fit(keras_mpe.MPECallback(self.data, search_epochs=3))
 
@@ -211,7 +242,8 @@ class BadInputTest(tf.test.TestCase):
 
     def test_monitor_missing_from_logs(self):
         callback = keras_mpe.MPECallback(
-            self.data, search_epochs=2, warmup_epochs=0, monitor="val_auc")
+            self.data, search_epochs=2, warmup_epochs=0, monitor="val_auc"
+        )
         with self.assertRaisesRegex(ValueError, "monitor='val_auc'"):
             self._fit(callback)
 
@@ -223,15 +255,22 @@ class MirroredStrategyTest(tf.test.TestCase):
         data = testing_utils.dataset(ids, labels)
         with strategy.scope():
             layer = keras_mpe.MixedPrecisionEmbedding(
-                1000, 4, num_groups=8, bit_penalty=3e-3)
+                1000, 4, num_groups=8, bit_penalty=3e-3
+            )
             model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
         callback = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
         model.fit(data, epochs=3, verbose=0, callbacks=[callback])
         self.assertEqual(Phase.FIXED, layer.phase)
-        for weight in (layer._counts, layer._group_ids, layer._chosen_bits,
-                       layer._precision_logits, layer._embeddings):
+        for weight in (
+            layer._counts,
+            layer._group_ids,
+            layer._chosen_bits,
+            layer._precision_logits,
+            layer._embeddings,
+        ):
             replicas = _compat.tf_variable(weight).values
             self.assertLen(replicas, 2)
             self.assertAllEqual(replicas[0].numpy(), replicas[1].numpy())
-        self.assertAllEqual(np.bincount(ids.ravel(), minlength=1000),
-                            layer._counts.numpy())
+        self.assertAllEqual(
+            np.bincount(ids.ravel(), minlength=1000), layer._counts.numpy()
+        )

@@ -9,6 +9,7 @@ import testing_utils
 
 import keras_mpe
 from keras_mpe import _compat
+from keras_mpe.callback import find_layers as callback_find
 from keras_mpe.embedding import Phase
 
 keras = _compat.keras
@@ -17,8 +18,14 @@ CANDIDATES = (0, 1, 2, 4)
 
 def make_layer(**kwargs):
     """A 12 x 3 layer with 4 groups of 3 rows (rarest ids first)."""
-    config = dict(input_dim=12, output_dim=3, bit_candidates=CANDIDATES,
-                  num_groups=4, temperature=0.5, bit_penalty=0.01)
+    config = dict(
+        input_dim=12,
+        output_dim=3,
+        bit_candidates=CANDIDATES,
+        num_groups=4,
+        temperature=0.5,
+        bit_penalty=0.01,
+    )
     config.update(kwargs)
     layer = keras_mpe.MixedPrecisionEmbedding(**config)
     layer.set_frequencies(np.arange(12) * 10)  # groups 0,0,0,1,1,1,...
@@ -26,9 +33,7 @@ def make_layer(**kwargs):
     layer._embeddings.assign(rng.normal(size=(12, 3)).astype(np.float32))
     layer._step_sizes.assign([0.9, 0.5, 0.1])
     layer._offset.assign([0.1, -0.1, 0.0])
-    layer._precision_logits.assign(
-        rng.normal(size=(4, 4)).astype(np.float32)
-    )
+    layer._precision_logits.assign(rng.normal(size=(4, 4)).astype(np.float32))
     return layer
 
 
@@ -50,15 +55,17 @@ class PhaseOutputTest(tf.test.TestCase):
 
     def test_groups_follow_frequency(self):
         layer = make_layer()
-        self.assertAllEqual(np.repeat(np.arange(4), 3),
-                            layer._group_ids.numpy())
+        self.assertAllEqual(
+            np.repeat(np.arange(4), 3), layer._group_ids.numpy()
+        )
         self.assertAllClose([1, 4, 7, 10], layer._group_weights.numpy())
 
     def test_float_phase_is_a_plain_embedding(self):
         layer = make_layer()
         self.assertEqual(Phase.FLOAT, layer.phase)
-        self.assertAllClose(layer._embeddings.numpy()[self.ids],
-                            layer(self.ids))
+        self.assertAllClose(
+            layer._embeddings.numpy()[self.ids], layer(self.ids)
+        )
         self.assertAllClose(32.0, layer.average_bits())
 
     def test_search_phase_mixture_and_penalty(self):
@@ -70,8 +77,9 @@ class PhaseOutputTest(tf.test.TestCase):
         # R = sum_g (1 / c_g) * sum_b p_gb * b, weights c = [1, 4, 7, 10].
         cost = (probs @ np.array(CANDIDATES) / [1, 4, 7, 10]).sum()
         self.assertAllClose(0.01 * cost, tf.add_n(layer.losses))
-        self.assertAllClose(probs @ CANDIDATES, layer.bits_per_group()[
-            "expected_bits"])
+        self.assertAllClose(
+            probs @ CANDIDATES, layer.bits_per_group()["expected_bits"]
+        )
 
     def test_fixed_phase_uses_the_chosen_bits(self):
         layer = make_layer()
@@ -84,24 +92,39 @@ class PhaseOutputTest(tf.test.TestCase):
         for row, bits in enumerate(np.repeat([0, 1, 4, 2], 3)):
             if bits:
                 expected[row] = testing_utils.quantize_np(
-                    table[row], step_of[bits], offset, bits)
+                    table[row], step_of[bits], offset, bits
+                )
         self.assertAllClose(expected, layer(np.arange(12)), atol=1e-6)
         self.assertAllClose(0.0, tf.add_n(layer.losses))
         self.assertAllClose((0 + 1 + 4 + 2) / 4, layer.average_bits())
 
     def test_select_bits_enters_fixed_phase(self):
         layer = make_layer()
-        layer._precision_logits.assign(np.log(np.add(
-            [[0.9, 0.05, 0.03, 0.02], [0.1, 0.8, 0.1, 0.0],
-             [0.0, 0.1, 0.5, 0.4], [0.0, 0.0, 0.0, 1.0]], 1e-9)))
+        layer._precision_logits.assign(
+            np.log(
+                np.add(
+                    [
+                        [0.9, 0.05, 0.03, 0.02],
+                        [0.1, 0.8, 0.1, 0.0],
+                        [0.0, 0.1, 0.5, 0.4],
+                        [0.0, 0.0, 0.0, 1.0],
+                    ],
+                    1e-9,
+                )
+            )
+        )
         layer.temperature = 1.0
         self.assertAllEqual([0, 1, 4, 4], layer.select_bits())
         self.assertEqual(Phase.FIXED, layer.phase)
 
     def test_gradients_per_phase(self):
         layer = make_layer()
-        variables = [layer._embeddings, layer._step_sizes, layer._offset,
-                     layer._precision_logits]
+        variables = [
+            layer._embeddings,
+            layer._step_sizes,
+            layer._offset,
+            layer._precision_logits,
+        ]
 
         def grads():
             with tf.GradientTape() as tape:
@@ -110,7 +133,8 @@ class PhaseOutputTest(tf.test.TestCase):
             return [
                 tf.convert_to_tensor(g) if g is not None else None
                 for g in tape.gradient(
-                    loss, [_compat.tf_variable(v) for v in variables])
+                    loss, [_compat.tf_variable(v) for v in variables]
+                )
             ]
 
         def norm(g):
@@ -133,9 +157,14 @@ class PhaseOutputTest(tf.test.TestCase):
         layer.initialize_step_sizes()
         mean_abs = np.abs(layer._embeddings.numpy()).mean()
         self.assertAllClose(
-            [2 * mean_abs, 2 * mean_abs / np.sqrt(2),
-             2 * mean_abs / np.sqrt(8)],
-            layer._step_sizes.numpy(), rtol=1e-5)
+            [
+                2 * mean_abs,
+                2 * mean_abs / np.sqrt(2),
+                2 * mean_abs / np.sqrt(8),
+            ],
+            layer._step_sizes.numpy(),
+            rtol=1e-5,
+        )
 
     def test_rewind_restores_the_snapshot(self):
         layer = make_layer()
@@ -207,20 +236,32 @@ class SerializationTest(tf.test.TestCase):
         self.assertEqual(CANDIDATES, rebuilt.bit_candidates)
 
     def _assert_same_state(self, model, loaded):
-        self.assertAllClose(model.predict(self.ids, verbose=0),
-                            loaded.predict(self.ids, verbose=0), atol=1e-6)
-        (layer,) = [l for l in model.layers if hasattr(l, "bit_candidates")]
-        (other,) = [l for l in loaded.layers if hasattr(l, "bit_candidates")]
+        self.assertAllClose(
+            model.predict(self.ids, verbose=0),
+            loaded.predict(self.ids, verbose=0),
+            atol=1e-6,
+        )
+        (layer,) = callback_find(model)
+        (other,) = callback_find(loaded)
         self.assertEqual(layer.phase, other.phase)
-        for name in ("_group_ids", "_counts", "_precision_logits",
-                     "_chosen_bits", "_initial_embeddings"):
-            self.assertAllEqual(getattr(layer, name).numpy(),
-                                getattr(other, name).numpy())
+        for name in (
+            "_group_ids",
+            "_counts",
+            "_precision_logits",
+            "_chosen_bits",
+            "_initial_embeddings",
+        ):
+            self.assertAllEqual(
+                getattr(layer, name).numpy(), getattr(other, name).numpy()
+            )
 
     def test_save_and_load(self):
         model, layer = _searched_model()
-        formats = ["model.keras"] if _compat.IS_KERAS_3 else [
-            "saved_model", "model.h5"]
+        formats = (
+            ["model.keras"]
+            if _compat.IS_KERAS_3
+            else ["saved_model", "model.h5"]
+        )
         for fmt in formats:
             path = os.path.join(self.get_temp_dir(), fmt)
             if fmt == "saved_model":
@@ -240,7 +281,8 @@ def test_trains_under_xla(jit_compile):
     layer = make_layer()
     layer.set_phase(Phase.SEARCH)
     model = testing_utils.compile_ctr(
-        testing_utils.ctr_model(layer, 3), jit_compile=jit_compile)
+        testing_utils.ctr_model(layer, 3), jit_compile=jit_compile
+    )
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 12, (64, 3)).astype(np.int32)
     labels = rng.integers(0, 2, 64).astype(np.float32)

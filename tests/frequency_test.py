@@ -26,13 +26,15 @@ class GroupingTest(tf.test.TestCase):
         counts = np.arange(10) + 1
         groups = frequency.group_by_frequency(counts, 6)
         self.assertAllEqual([2, 2, 2, 2, 2, 0], groups.group_sizes)
-        self.assertAllClose([1, 7 / 3, 11 / 3, 5, 19 / 3, 1],
-                            groups.group_weights)
+        self.assertAllClose(
+            [1, 7 / 3, 11 / 3, 5, 19 / 3, 1], groups.group_weights
+        )
         # A group of unseen ids weighs as much as the rarest seen group.
         groups = frequency.group_by_frequency([0, 0, 4, 8], 2)
         self.assertAllClose([1.0, 1.0], groups.group_weights)
-        self.assertAllClose([1.0, 1.0, 4.0],
-                            frequency.penalty_weights([0, 2, 8]))
+        self.assertAllClose(
+            [1.0, 1.0, 4.0], frequency.penalty_weights([0, 2, 8])
+        )
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "num_groups=0"):

@@ -65,8 +65,7 @@ class QuantizerTest(tf.test.TestCase):
             grad_scale=tf.ones((3, 1)),
         )
         self.assertEqual((5, 3, 3), output.shape)
-        for k, b in enumerate(bits):
-            lo, hi = ranges[k]
+        for k, (lo, hi) in enumerate(ranges):
             u = (rows - np.array([0.1, -0.2, 0.0])) / (steps[k] + 1e-10)
             expected = np.clip(np.round(u), lo, hi) * steps[k]
             expected += np.array([0.1, -0.2, 0.0])
@@ -75,8 +74,9 @@ class QuantizerTest(tf.test.TestCase):
     def test_helpers(self):
         self.assertEqual((-1, 0), quantizer.integer_range(1))
         self.assertEqual((-32, 31), quantizer.integer_range(6))
-        self.assertAllClose(1 / np.sqrt(4 * 100 * 16),
-                            quantizer.gradient_scale(3, 100, 16))
+        self.assertAllClose(
+            1 / np.sqrt(4 * 100 * 16), quantizer.gradient_scale(3, 100, 16)
+        )
         self.assertAllClose(2 * 0.5 / 2, quantizer.initial_step_size(0.5, 3))
         with self.assertRaisesRegex(ValueError, "bits=0"):
             quantizer.integer_range(0)

@@ -71,8 +71,9 @@ def compile_ctr(model, learning_rate=1e-2, **kwargs):
     return model
 
 
-def train_searched(bit_penalty=3e-3, epochs=4, search_epochs=3, seed=0,
-                   **layer_kwargs):
+def train_searched(
+    bit_penalty=3e-3, epochs=4, search_epochs=3, seed=0, **layer_kwargs
+):
     """Trains the CTR model on `zipf_ctr` data with the callback."""
     keras.utils.set_random_seed(seed)
     ids, labels = zipf_ctr(seed=seed)

@@ -24,8 +24,11 @@ def movielens_like(rows=60000, factors=4, seed=0):
     ratings += rng.normal(size=USERS)[users] * 0.4
     ratings += rng.normal(size=ITEMS)[items] * 0.4
     ratings += rng.normal(size=rows) * 0.7
-    return {"user": users.astype(np.int32), "item": items.astype(np.int32),
-            "rating": np.clip(ratings, 1, 5).astype(np.float32)}
+    return {
+        "user": users.astype(np.int32),
+        "item": items.astype(np.int32),
+        "rating": np.clip(ratings, 1, 5).astype(np.float32),
+    }
 
 
 def ranking_model(make_embedding):
@@ -36,21 +39,29 @@ def ranking_model(make_embedding):
             super().__init__()
             self.user = make_embedding(USERS)
             self.item = make_embedding(ITEMS)
-            self.mlp = keras.Sequential([
-                keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(1)])
+            self.mlp = keras.Sequential(
+                [
+                    keras.layers.Dense(64, activation="relu"),
+                    keras.layers.Dense(1),
+                ]
+            )
             self.task = tfrs.tasks.Ranking(
                 loss=keras.losses.MeanSquaredError(),
-                metrics=[keras.metrics.RootMeanSquaredError(name="rmse")])
+                metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+            )
 
         def call(self, features):
-            return self.mlp(tf.concat(
-                [self.user(features["user"]), self.item(features["item"])],
-                axis=1))
+            return self.mlp(
+                tf.concat(
+                    [self.user(features["user"]), self.item(features["item"])],
+                    axis=1,
+                )
+            )
 
         def compute_loss(self, features, training=False):
-            return self.task(labels=features["rating"],
-                             predictions=self(features))
+            return self.task(
+                labels=features["rating"], predictions=self(features)
+            )
 
     model = RankingModel()
     model.compile(keras.optimizers.Adam(1e-2))
@@ -76,18 +87,24 @@ def train_and_test(make_embedding, data, epochs, callback=None):
 
 def mpe_embedding(rows):
     return keras_mpe.MixedPrecisionEmbedding(
-        rows, 16, num_groups=32, bit_penalty=1e-3)
+        rows, 16, num_groups=32, bit_penalty=1e-3
+    )
 
 
 @pytest.mark.slow
 def test_default_settings_stay_close_to_float():
     data = movielens_like()
     _, _, float_rmse = train_and_test(
-        lambda rows: keras.layers.Embedding(rows, 16), data, epochs=8)
+        lambda rows: keras.layers.Embedding(rows, 16), data, epochs=8
+    )
     model, history, mpe_rmse = train_and_test(
-        mpe_embedding, data, epochs=8,
+        mpe_embedding,
+        data,
+        epochs=8,
         callback=lambda train: keras_mpe.MPECallback(
-            train, search_epochs=4, verbose=0))
+            train, search_epochs=4, verbose=0
+        ),
+    )
     assert mpe_rmse < 1.03 * float_rmse, (mpe_rmse, float_rmse)
     # It compressed: every table below 6 bits on average, phases ran, and
     # TFRS added the bit penalty to the loss only while searching.
@@ -105,13 +122,19 @@ def test_real_movielens_counts(tmp_path):
     """The real MovieLens 100K sample (skipped where ../shared is absent)."""
     path = testing_utils.shared_file("movielens", "ml-100k", "u.data")
     table = np.loadtxt(path, dtype=np.int64)
-    data = {"user": (table[:, 0] - 1).astype(np.int32),
-            "item": (table[:, 1] - 1).astype(np.int32),
-            "rating": table[:, 2].astype(np.float32)}
+    data = {
+        "user": (table[:, 0] - 1).astype(np.int32),
+        "item": (table[:, 1] - 1).astype(np.int32),
+        "rating": table[:, 2].astype(np.float32),
+    }
     model, history, rmse = train_and_test(
-        mpe_embedding, data, epochs=2,
+        mpe_embedding,
+        data,
+        epochs=2,
         callback=lambda train: keras_mpe.MPECallback(
-            train, search_epochs=1, verbose=0))
+            train, search_epochs=1, verbose=0
+        ),
+    )
     cut = int(len(table) * 0.8)
     expected = np.bincount(data["item"][:cut], minlength=ITEMS)
     np.testing.assert_array_equal(expected, model.item._counts.numpy())

@@ -1,0 +1,125 @@
+"""Training-step and counting-pass cost of MixedPrecisionEmbedding.
+
+The large-table setting of the Core issue: 26 fields sharing one
+1,000,000 x 16 table (global ids, Zipf exponent 1.1), MLP 256-128, batch
+4096, Adam. In one process and on the same batches it times a training step
+with a plain `tf.keras.layers.Embedding` and with MixedPrecisionEmbedding in
+each phase, and the frequency-counting pass against `model.predict`, then
+prints medians and ratios (ours / baseline). Run it in each Keras mode:
+
+    python benchmarks/training_speed.py [--jit]
+    TF_USE_LEGACY_KERAS=1 python benchmarks/training_speed.py [--jit]
+
+Targets (Core issue): search / Embedding <= 1.5x, fixed (retrain) /
+Embedding <= 1.15x without XLA; counting / predict <= 1.3x.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_mpe  # noqa: E402
+from keras_mpe import _compat  # noqa: E402
+from keras_mpe import frequency  # noqa: E402
+from keras_mpe.embedding import Phase  # noqa: E402
+
+keras = _compat.keras
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--fields", type=int, default=26)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--jit", action="store_true")
+    return parser.parse_args()
+
+
+def zipf_batches(args):
+    """Distinct batches of Zipf(1.1) global ids and random labels."""
+    rng = np.random.default_rng(0)
+    shape = (args.batches * args.batch_size, args.fields)
+    top = (args.rows + 1.0) ** -0.1
+    ranks = (1.0 + rng.random(shape) * (top - 1.0)) ** (1.0 / -0.1)
+    ids = np.minimum(ranks.astype(np.int64) - 1, args.rows - 1)
+    labels = rng.integers(0, 2, (shape[0], 1)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((ids.astype(np.int32), labels))
+    return data.batch(args.batch_size).cache()
+
+
+def build(embedding, args):
+    inputs = keras.Input((args.fields,), dtype="int32")
+    x = keras.layers.Flatten()(embedding(inputs))
+    x = keras.layers.Dense(256, activation="relu")(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy",
+                  jit_compile=args.jit)
+    return model
+
+
+def time_fit(model, data, args):
+    """Median seconds per training step over `repeats` timed fits."""
+    repeated = data.repeat()
+    model.fit(repeated, steps_per_epoch=2, epochs=1, verbose=0)  # trace
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model.fit(repeated, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        times.append((time.perf_counter() - start) / args.steps)
+    return statistics.median(times)
+
+
+def time_call(function, repeats):
+    function()  # trace
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    args = parse_args()
+    data = zipf_batches(args)
+    mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
+    print(f"{mode}, jit_compile={args.jit}: {args.rows} x {args.dim} table, "
+          f"{args.fields} fields, batch {args.batch_size}, medians of "
+          f"{args.repeats} x {args.steps} steps")
+
+    baseline = build(keras.layers.Embedding(args.rows, args.dim), args)
+    base = time_fit(baseline, data, args)
+    print(f"Embedding            {1e3 * base:8.1f} ms/step   1.00x")
+
+    layer = keras_mpe.MixedPrecisionEmbedding(args.rows, args.dim)
+    model = build(layer, args)
+    (counts,) = frequency.count_ids(model, [layer], data)
+    layer.set_frequencies(counts)
+    layer.select_bits()  # a mix of precisions for the FIXED phase
+    for phase in (Phase.FLOAT, Phase.SEARCH, Phase.FIXED):
+        layer.set_phase(phase)
+        seconds = time_fit(model, data, args)
+        print(f"MPE {phase.name:6s} phase     {1e3 * seconds:8.1f} ms/step "
+              f"{seconds / base:6.2f}x")
+
+    predict = time_call(lambda: model.predict(data, verbose=0), args.repeats)
+    count = time_call(lambda: frequency.count_ids(model, [layer], data),
+                      args.repeats)
+    print(f"predict pass         {1e3 * predict:8.1f} ms")
+    print(f"counting pass        {1e3 * count:8.1f} ms   "
+          f"{count / predict:6.2f}x predict")
+
+
+if __name__ == "__main__":
+    main()
