@@ -63,8 +63,9 @@ def build(embedding, args):
     x = keras.layers.Dense(256, activation="relu")(x)
     x = keras.layers.Dense(128, activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
-    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy",
-                  jit_compile=args.jit)
+    model.compile(
+        keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=args.jit
+    )
     return model
 
 
@@ -94,9 +95,11 @@ def main():
     args = parse_args()
     data = zipf_batches(args)
     mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
-    print(f"{mode}, jit_compile={args.jit}: {args.rows} x {args.dim} table, "
-          f"{args.fields} fields, batch {args.batch_size}, medians of "
-          f"{args.repeats} x {args.steps} steps")
+    print(
+        f"{mode}, jit_compile={args.jit}: {args.rows} x {args.dim} table, "
+        f"{args.fields} fields, batch {args.batch_size}, medians of "
+        f"{args.repeats} x {args.steps} steps"
+    )
 
     baseline = build(keras.layers.Embedding(args.rows, args.dim), args)
     base = time_fit(baseline, data, args)
@@ -110,15 +113,20 @@ def main():
     for phase in (Phase.FLOAT, Phase.SEARCH, Phase.FIXED):
         layer.set_phase(phase)
         seconds = time_fit(model, data, args)
-        print(f"MPE {phase.name:6s} phase     {1e3 * seconds:8.1f} ms/step "
-              f"{seconds / base:6.2f}x")
+        print(
+            f"MPE {phase.name:6s} phase     {1e3 * seconds:8.1f} ms/step "
+            f"{seconds / base:6.2f}x"
+        )
 
     predict = time_call(lambda: model.predict(data, verbose=0), args.repeats)
-    count = time_call(lambda: frequency.count_ids(model, [layer], data),
-                      args.repeats)
+    count = time_call(
+        lambda: frequency.count_ids(model, [layer], data), args.repeats
+    )
     print(f"predict pass         {1e3 * predict:8.1f} ms")
-    print(f"counting pass        {1e3 * count:8.1f} ms   "
-          f"{count / predict:6.2f}x predict")
+    print(
+        f"counting pass        {1e3 * count:8.1f} ms   "
+        f"{count / predict:6.2f}x predict"
+    )
 
 
 if __name__ == "__main__":

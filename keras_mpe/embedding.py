@@ -261,13 +261,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             self.add_loss(
                 self.bit_penalty * is_search * self._bit_cost(probabilities)
             )
-        flat_ids = tf.reshape(ids, [-1])
-        rows = tf.gather(_compat.tf_variable(self._embeddings), flat_ids)
-        groups = tf.gather(_compat.tf_variable(self._group_ids), flat_ids)
+        # Each distinct id is quantized once; its sparse gradient then has
+        # unique indices, which Keras 3 and tf_keras optimizers treat alike.
+        unique_ids, positions = tf.unique(tf.reshape(ids, [-1]))
+        rows = tf.gather(_compat.tf_variable(self._embeddings), unique_ids)
+        groups = tf.gather(_compat.tf_variable(self._group_ids), unique_ids)
         weights = tf.gather(self._mixture_weights(phase, probabilities), groups)
-        outputs = self._mix(rows, weights)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
-        outputs = is_float * rows + outputs
+        outputs = is_float * rows + self._mix(rows, weights)
+        outputs = tf.gather(outputs, positions)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 

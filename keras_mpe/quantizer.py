@@ -66,7 +66,8 @@ def fake_quantize(values, step_size, offset, lo, hi, grad_scale):
         offset: Float tensor. The offset beta.
         lo: Float tensor. The lowest integer code.
         hi: Float tensor. The highest integer code.
-        grad_scale: Float tensor. The LSQ gradient scale s.
+        grad_scale: Float tensor. The LSQ gradient scale s; it must
+            broadcast to the shape of `step_size`.
 
     Returns:
         The fake-quantized values, broadcast to the common shape.
@@ -79,26 +80,23 @@ def fake_quantize(values, step_size, offset, lo, hi, grad_scale):
     def _quantize(values, step_size, offset):
         step = tf.abs(step_size) + STEP_EPSILON
         scaled = (values - offset) / step
-        rounded = tf.round(scaled)
-        codes = tf.clip_by_value(rounded, lo, hi)
+        codes = tf.clip_by_value(tf.round(scaled), lo, hi)
         output = codes * step + offset
 
         def grad(upstream):
-            below = tf.cast(scaled < lo, values.dtype)
-            above = tf.cast(scaled > hi, values.dtype)
-            inside = 1.0 - below - above
-            d_values = upstream * inside
-            d_step = (
-                upstream
-                * grad_scale
-                * tf.sign(step_size)
-                * (below * lo + above * hi + inside * (rounded - scaled))
+            # Few full-size ops: this runs for every looked-up row.
+            inside = tf.cast(
+                tf.logical_and(scaled >= lo, scaled <= hi), values.dtype
             )
-            d_offset = upstream * grad_scale * (below + above)
+            d_values = upstream * inside
+            # lo below the range, hi above it, round(u) - u inside: all
+            # three are codes - inside * u.
+            d_step = _sum_to_shape(upstream * (codes - inside * scaled), step)
+            d_offset = _sum_to_shape((upstream - d_values) * grad_scale, offset)
             return (
                 _sum_to_shape(d_values, values),
-                _sum_to_shape(d_step, step_size),
-                _sum_to_shape(d_offset, offset),
+                d_step * grad_scale * tf.sign(step_size),
+                d_offset,
             )
 
         return output, grad

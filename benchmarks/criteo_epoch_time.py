@@ -1,0 +1,113 @@
+"""Epoch time of MPE search and retraining vs fp32, reference configuration.
+
+The configuration in which the authors' PyTorch code was timed on this CPU:
+the Criteo sample in ../shared/data (reference preprocessing, 80/10/10
+split), a DNN 1024-512-256 with BatchNorm + ReLU, dimension 16, batch 250,
+Adam 1e-3. In one process, on the same data, it times training epochs of
+the same model with a plain `Embedding` (fp32), with MixedPrecisionEmbedding
+in the SEARCH phase and in the FIXED (retraining) phase, and prints median
+epoch times and ratios. Reference measurements (PyTorch, this CPU):
+search / fp32 = 1.22-1.24x, retrain / fp32 = 1.09-1.19x.
+
+    python benchmarks/criteo_epoch_time.py [--jit]
+    TF_USE_LEGACY_KERAS=1 python benchmarks/criteo_epoch_time.py [--jit]
+"""
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+import keras_mpe  # noqa: E402
+from keras_mpe import _compat  # noqa: E402
+from keras_mpe import datasets  # noqa: E402
+from keras_mpe import frequency  # noqa: E402
+from keras_mpe.embedding import Phase  # noqa: E402
+
+keras = _compat.keras
+DEFAULT_PATH = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "criteo"
+    / "criteo_dac_head8000.txt"
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--criteo", default=str(DEFAULT_PATH))
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="timed epochs per variant (median reported)",
+    )
+    parser.add_argument("--jit", action="store_true")
+    return parser.parse_args()
+
+
+def dnn(embedding, fields, jit):
+    inputs = keras.Input((fields,), dtype="int32")
+    x = keras.layers.Flatten()(embedding(inputs))
+    for units in (1024, 512, 256):
+        x = keras.layers.Dense(units)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
+    model.compile(
+        keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=jit
+    )
+    return model
+
+
+def epoch_seconds(model, data, epochs):
+    model.fit(data, epochs=1, verbose=0)  # trace and warm up
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.fit(data, epochs=1, verbose=0)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    args = parse_args()
+    if not pathlib.Path(args.criteo).exists():
+        sys.exit(f"{args.criteo} is absent: pass --criteo PATH")
+    data = datasets.read_criteo(args.criteo)
+    ids, labels = data["train"]
+    train = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(250)
+    vocabulary, fields = data["vocabulary_size"], ids.shape[1]
+    mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
+    print(
+        f"{mode}, jit_compile={args.jit}: {len(ids)} rows, {fields} fields,"
+        f" vocabulary {vocabulary}, batch 250, median of {args.epochs}"
+    )
+
+    fp32 = epoch_seconds(
+        dnn(keras.layers.Embedding(vocabulary, 16), fields, args.jit),
+        train,
+        args.epochs,
+    )
+    print(f"fp32 epoch        {fp32:7.3f} s   1.00x")
+    layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, 16)
+    model = dnn(layer, fields, args.jit)
+    (counts,) = frequency.count_ids(model, [layer], train)
+    layer.set_frequencies(counts)
+    layer.set_phase(Phase.SEARCH)
+    search = epoch_seconds(model, train, args.epochs)
+    print(f"search epoch      {search:7.3f} s {search / fp32:6.2f}x")
+    layer.select_bits()
+    retrain = epoch_seconds(model, train, args.epochs)
+    print(f"retrain epoch     {retrain:7.3f} s {retrain / fp32:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
