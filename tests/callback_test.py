@@ -153,18 +153,7 @@ class ResumeTest(tf.test.TestCase):
         restored, restored_layer = build()
         restored.load_weights(path)
         self.assertEqual(Phase.SEARCH, restored_layer.phase)
-        for name in (
-            "_counts",
-            "_group_ids",
-            "_group_weights",
-            "_precision_logits",
-            "_step_sizes",
-            "_initial_embeddings",
-        ):
-            self.assertAllEqual(
-                getattr(layer, name).numpy(),
-                getattr(restored_layer, name).numpy(),
-            )
+        testing_utils.assert_same_layer_state(layer, restored_layer)
 
         def never_iterated():
             raise AssertionError("frequencies were counted again")

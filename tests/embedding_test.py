@@ -243,17 +243,7 @@ class SerializationTest(tf.test.TestCase):
         )
         (layer,) = callback_find(model)
         (other,) = callback_find(loaded)
-        self.assertEqual(layer.phase, other.phase)
-        for name in (
-            "_group_ids",
-            "_counts",
-            "_precision_logits",
-            "_chosen_bits",
-            "_initial_embeddings",
-        ):
-            self.assertAllEqual(
-                getattr(layer, name).numpy(), getattr(other, name).numpy()
-            )
+        testing_utils.assert_same_layer_state(layer, other)
 
     def test_save_and_load(self):
         model, layer = _searched_model()

@@ -87,3 +87,10 @@ def train_searched(
     )
     history = model.fit(data, epochs=epochs, callbacks=[callback], verbose=0)
     return model, layer, history, data
+
+
+def assert_same_layer_state(layer, other):
+    """Equal phase and equal weights (table, groups, logits, bits...)."""
+    assert layer.phase == other.phase, (layer.phase, other.phase)
+    for mine, theirs in zip(layer.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())

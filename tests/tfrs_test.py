@@ -85,9 +85,9 @@ def train_and_test(make_embedding, data, epochs, callback=None):
     return model, history.history, rmse
 
 
-def mpe_embedding(rows):
+def mpe_embedding(rows, **kwargs):
     return keras_mpe.MixedPrecisionEmbedding(
-        rows, 16, num_groups=32, bit_penalty=1e-3
+        rows, 16, num_groups=32, bit_penalty=1e-3, **kwargs
     )
 
 
@@ -116,6 +116,29 @@ def test_default_settings_stay_close_to_float():
     for layer in (model.user, model.item):
         groups = layer.bits_per_group()
         assert groups["bits"][:8].mean() + 1.0 < groups["bits"][-8:].mean()
+
+
+@pytest.mark.slow
+def test_reference_settings_collapse_where_defaults_do_not():
+    """Temperature 3e-3 and no warm-up lock the tables onto ~1 bit."""
+    data = movielens_like()
+    search = dict(search_epochs=4, verbose=0)
+    _, reference, reference_rmse = train_and_test(
+        lambda rows: mpe_embedding(rows, temperature=3e-3),
+        data,
+        epochs=8,
+        callback=lambda train: keras_mpe.MPECallback(
+            train, warmup_epochs=0, **search
+        ),
+    )
+    _, default, default_rmse = train_and_test(
+        mpe_embedding,
+        data,
+        epochs=8,
+        callback=lambda train: keras_mpe.MPECallback(train, **search),
+    )
+    assert reference["mpe_bits"][-1] < 1.5 < default["mpe_bits"][-1]
+    assert default_rmse * 1.02 < reference_rmse, (default_rmse, reference_rmse)
 
 
 def test_real_movielens_counts(tmp_path):
