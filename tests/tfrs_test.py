@@ -1,5 +1,7 @@
 """A TensorFlow Recommenders ranking model with MixedPrecisionEmbedding."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -85,26 +87,33 @@ def train_and_test(make_embedding, data, epochs, callback=None):
     return model, history.history, rmse
 
 
-def mpe_embedding(rows, **kwargs):
-    return keras_mpe.MixedPrecisionEmbedding(
-        rows, 16, num_groups=32, bit_penalty=1e-3, **kwargs
+def train_mpe(data, epochs, search_epochs, warmup_epochs=None, **layer_args):
+    """Trains the ranking model with MPE tables and the callback."""
+    return train_and_test(
+        lambda rows: keras_mpe.MixedPrecisionEmbedding(
+            rows, 16, num_groups=32, bit_penalty=1e-3, **layer_args
+        ),
+        data,
+        epochs=epochs,
+        callback=lambda train: keras_mpe.MPECallback(
+            train, search_epochs, warmup_epochs=warmup_epochs, verbose=0
+        ),
     )
+
+
+@functools.cache
+def synthetic_run(temperature=None, warmup_epochs=None):
+    """8 epochs (4 searching) on `movielens_like()`; None: the defaults."""
+    layer_args = {} if temperature is None else {"temperature": temperature}
+    return train_mpe(movielens_like(), 8, 4, warmup_epochs, **layer_args)
 
 
 @pytest.mark.slow
 def test_default_settings_stay_close_to_float():
-    data = movielens_like()
     _, _, float_rmse = train_and_test(
-        lambda rows: keras.layers.Embedding(rows, 16), data, epochs=8
+        lambda rows: keras.layers.Embedding(rows, 16), movielens_like(), 8
     )
-    model, history, mpe_rmse = train_and_test(
-        mpe_embedding,
-        data,
-        epochs=8,
-        callback=lambda train: keras_mpe.MPECallback(
-            train, search_epochs=4, verbose=0
-        ),
-    )
+    model, history, mpe_rmse = synthetic_run()
     assert mpe_rmse < 1.03 * float_rmse, (mpe_rmse, float_rmse)
     # It compressed: every table below 6 bits on average, phases ran, and
     # TFRS added the bit penalty to the loss only while searching.
@@ -121,22 +130,8 @@ def test_default_settings_stay_close_to_float():
 @pytest.mark.slow
 def test_reference_settings_collapse_where_defaults_do_not():
     """Temperature 3e-3 and no warm-up lock the tables onto ~1 bit."""
-    data = movielens_like()
-    search = dict(search_epochs=4, verbose=0)
-    _, reference, reference_rmse = train_and_test(
-        lambda rows: mpe_embedding(rows, temperature=3e-3),
-        data,
-        epochs=8,
-        callback=lambda train: keras_mpe.MPECallback(
-            train, warmup_epochs=0, **search
-        ),
-    )
-    _, default, default_rmse = train_and_test(
-        mpe_embedding,
-        data,
-        epochs=8,
-        callback=lambda train: keras_mpe.MPECallback(train, **search),
-    )
+    _, reference, reference_rmse = synthetic_run(3e-3, warmup_epochs=0)
+    _, default, default_rmse = synthetic_run()
     assert reference["mpe_bits"][-1] < 1.5 < default["mpe_bits"][-1]
     assert default_rmse * 1.02 < reference_rmse, (default_rmse, reference_rmse)
 
@@ -150,14 +145,7 @@ def test_real_movielens_counts(tmp_path):
         "item": (table[:, 1] - 1).astype(np.int32),
         "rating": table[:, 2].astype(np.float32),
     }
-    model, history, rmse = train_and_test(
-        mpe_embedding,
-        data,
-        epochs=2,
-        callback=lambda train: keras_mpe.MPECallback(
-            train, search_epochs=1, verbose=0
-        ),
-    )
+    model, history, rmse = train_mpe(data, epochs=2, search_epochs=1)
     cut = int(len(table) * 0.8)
     expected = np.bincount(data["item"][:cut], minlength=ITEMS)
     np.testing.assert_array_equal(expected, model.item._counts.numpy())
