@@ -266,9 +266,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         unique_ids, positions = tf.unique(tf.reshape(ids, [-1]))
         rows = tf.gather(_compat.tf_variable(self._embeddings), unique_ids)
         groups = tf.gather(_compat.tf_variable(self._group_ids), unique_ids)
-        weights = tf.gather(self._mixture_weights(phase, probabilities), groups)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
-        outputs = is_float * rows + self._mix(rows, weights)
+        mixed = self._mix(rows, groups, phase, probabilities)
+        outputs = is_float * rows + mixed
         outputs = tf.gather(outputs, positions)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
@@ -308,29 +308,58 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         is_fixed = tf.cast(tf.equal(phase, Phase.FIXED), one_hot.dtype)
         return is_search * probabilities + is_fixed * one_hot
 
-    def _mix(self, rows, weights):
-        """sum over b > 0 of weights[:, b] * Q_b(rows)."""
+    def _mix(self, rows, groups, phase, probabilities):
+        """sum over candidates b > 0 of weight_b * Q_b(rows).
+
+        Only the candidates whose weight can be non-zero are quantized:
+        every one while searching, each row's chosen one when FIXED, none
+        in FLOAT. The column count is data dependent but bounded by K
+        (`boolean_mask`), so the layer has no control flow and XLA still
+        compiles it.
+        """
         bits = self.quantized_bits
-        ranges = [quantizer.integer_range(b) for b in bits]
-
-        def column(values):
-            return tf.constant(values, rows.dtype)[:, None]
-
-        quantized = quantizer.fake_quantize(
-            rows[:, None, :],
-            _compat.read(self._step_sizes)[:, None],
-            _compat.read(self._offset),
-            lo=column([lo for lo, _ in ranges]),
-            hi=column([hi for _, hi in ranges]),
-            grad_scale=column(
-                [
-                    quantizer.gradient_scale(b, self.input_dim, self.output_dim)
-                    for b in bits
-                ]
+        first = len(self.bit_candidates) - len(bits)
+        weights = self._mixture_weights(phase, probabilities)[:, first:]
+        is_search = tf.equal(phase, Phase.SEARCH)
+        active = tf.logical_or(
+            is_search,
+            tf.logical_and(
+                tf.equal(phase, Phase.FIXED), tf.range(len(bits)) < 1
             ),
         )
-        first = len(self.bit_candidates) - len(bits)
-        return tf.einsum("nk,nkd->nd", weights[:, first:], quantized)
+        columns = tf.boolean_mask(tf.range(len(bits)), active)
+        # FIXED: the chosen column (weight 1), or any one (weight 0) when
+        # the group is pruned.
+        chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
+        index = tf.where(
+            is_search, columns[None, :], tf.gather(chosen, groups)[:, None]
+        )
+        row_weights = tf.gather(tf.gather(weights, groups), index, batch_dims=1)
+
+        def per_column(values):
+            return tf.gather(tf.constant(values, rows.dtype), index)[..., None]
+
+        ranges = [quantizer.integer_range(b) for b in bits]
+        scales = [
+            quantizer.gradient_scale(b, self.input_dim, self.output_dim)
+            for b in bits
+        ]
+        quantized = quantizer.fake_quantize(
+            rows[:, None, :],
+            # A one-hot product rather than a gather: the step sizes then
+            # get a dense gradient (sparse ones for this small variable
+            # crashed MirroredStrategy's all-reduce).
+            tf.reduce_sum(
+                tf.one_hot(index, len(bits)) * _compat.read(self._step_sizes),
+                axis=-1,
+                keepdims=True,
+            ),
+            _compat.read(self._offset),
+            lo=per_column([lo for lo, _ in ranges]),
+            hi=per_column([hi for _, hi in ranges]),
+            grad_scale=per_column(scales),
+        )
+        return tf.einsum("nc,ncd->nd", row_weights, quantized)
 
     # ------------------------------------------------------------ the phases
     @property
@@ -404,9 +433,28 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         chosen = selection.select_bits(
             self.precision_probabilities(), self.bit_candidates, rule, seed
         )
-        self._chosen_bits.assign(chosen)
-        self.set_phase(Phase.FIXED)
+        self.set_bits(chosen)
         return chosen
+
+    def set_bits(self, bits):
+        """Fixes each group's bit-width (group 0 the rarest), enters FIXED.
+
+        For precisions chosen without a search, e.g. by frequency rank.
+
+        Args:
+            bits: `num_groups` integers, each one of `bit_candidates`.
+        """
+        bits = np.asarray(bits)
+        if (
+            bits.shape != (self.num_groups,)
+            or not np.isin(bits, self.bit_candidates).all()
+        ):
+            raise ValueError(
+                f"`bits` must be {self.num_groups} values from "
+                f"bit_candidates={self.bit_candidates}. Received: {bits}"
+            )
+        self._chosen_bits.assign(bits.astype(np.int32))
+        self.set_phase(Phase.FIXED)
 
     # ------------------------------------------------------------- reporting
     def group_sizes(self) -> np.ndarray:

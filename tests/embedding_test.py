@@ -213,6 +213,16 @@ class BadInputTest(tf.test.TestCase):
         ):
             model.fit(np.array([[1, 12]]), np.array([1.0]), verbose=0)
 
+    def test_set_bits(self):
+        layer = make_layer()
+        with self.assertRaisesRegex(ValueError, r"4 values from .*\[0 3 1 2\]"):
+            layer.set_bits([0, 3, 1, 2])
+        with self.assertRaisesRegex(ValueError, "4 values"):
+            layer.set_bits([0, 1])
+        layer.set_bits([0, 4, 1, 2])
+        self.assertEqual(Phase.FIXED, layer.phase)
+        self.assertAllClose((0 + 4 + 1 + 2) / 4, layer.average_bits())
+
     def test_set_frequencies_shape(self):
         with self.assertRaisesRegex(ValueError, r"shape \(12,\)"):
             make_layer().set_frequencies(np.ones(5))
