@@ -42,3 +42,10 @@ def optimizer_variables(optimizer):
 def read(weight):
     """The current value of a layer weight, as a tensor."""
     return tf.convert_to_tensor(tf_variable(weight))
+
+
+def uses_xla(model) -> bool:
+    """Whether `model` was compiled with `jit_compile=True`."""
+    if IS_KERAS_3:
+        return bool(model.jit_compile)
+    return bool(getattr(model, "_jit_compile", False))

@@ -134,6 +134,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         embeddings_initializer: Initializer of the table.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
+    Attributes:
+        static_shapes: Boolean, False by default. True quantizes every
+            candidate in every phase, keeping all shapes static as XLA
+            (`jit_compile=True`) needs; False quantizes only what the phase
+            uses, which is faster without XLA. `MPECallback` sets it from
+            the model's `jit_compile`; set it before the first call when
+            compiling your own training loop with XLA.
+
     Input shape:
         Integer tensor of any shape `(...)`.
 
@@ -176,6 +184,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             embeddings_initializer
         )
         self.quantized_bits = tuple(b for b in self.bit_candidates if b > 0)
+        self.static_shapes = False
         self._counting = False
         self._counted_ids = []
         self.build()
@@ -311,30 +320,38 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def _mix(self, rows, groups, phase, probabilities):
         """sum over candidates b > 0 of weight_b * Q_b(rows).
 
-        Only the candidates whose weight can be non-zero are quantized:
-        every one while searching, each row's chosen one when FIXED, none
-        in FLOAT. The column count is data dependent but bounded by K
-        (`boolean_mask`), so the layer has no control flow and XLA still
-        compiles it.
+        By default only the candidates whose weight can be non-zero are
+        quantized: every one while searching, each row's chosen one when
+        FIXED, none in FLOAT. That column count depends on the phase
+        variable, which XLA compiles into very slow code; with
+        `static_shapes` every candidate is quantized in every phase.
         """
         bits = self.quantized_bits
         first = len(self.bit_candidates) - len(bits)
         weights = self._mixture_weights(phase, probabilities)[:, first:]
-        is_search = tf.equal(phase, Phase.SEARCH)
-        active = tf.logical_or(
-            is_search,
-            tf.logical_and(
-                tf.equal(phase, Phase.FIXED), tf.range(len(bits)) < 1
-            ),
-        )
-        columns = tf.boolean_mask(tf.range(len(bits)), active)
-        # FIXED: the chosen column (weight 1), or any one (weight 0) when
-        # the group is pruned.
-        chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
-        index = tf.where(
-            is_search, columns[None, :], tf.gather(chosen, groups)[:, None]
-        )
-        row_weights = tf.gather(tf.gather(weights, groups), index, batch_dims=1)
+        if self.static_shapes:
+            index = tf.range(len(bits))[None, :]
+            row_weights = tf.gather(weights, groups)
+        else:
+            is_search = tf.equal(phase, Phase.SEARCH)
+            active = tf.logical_or(
+                is_search,
+                tf.logical_and(
+                    tf.equal(phase, Phase.FIXED), tf.range(len(bits)) < 1
+                ),
+            )
+            columns = tf.boolean_mask(tf.range(len(bits)), active)
+            # FIXED: the chosen column (weight 1), or any one (weight 0)
+            # when the group is pruned.
+            chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
+            index = tf.where(
+                is_search,
+                columns[None, :],
+                tf.gather(chosen, groups)[:, None],
+            )
+            row_weights = tf.gather(
+                tf.gather(weights, groups), index, batch_dims=1
+            )
 
         def per_column(values):
             return tf.gather(tf.constant(values, rows.dtype), index)[..., None]

@@ -8,7 +8,7 @@ are reduced on the device with `unique_with_counts`; the host adds the
 per-batch counts into one vector per layer.
 
 Rows are sorted by how often their id occurs in the training data (rarest
-first, ties broken by id) and cut into `num_groups` chunks of
+first, ties broken by the higher id first) and cut into `num_groups` chunks of
 ceil(rows / num_groups) rows each (the last chunk smaller; with many groups
 and few rows the last groups can be empty). Group 0 holds the rarest ids.
 
@@ -83,7 +83,10 @@ def group_by_frequency(counts, num_groups: int) -> FrequencyGroups:
         )
     counts = counts.astype(np.int64)
     chunk = -(-rows // num_groups)
-    order = np.argsort(counts, kind="stable")
+    # Ascending count; among equal counts the higher id first, so that a
+    # frequency-ordered vocabulary (id 0 the most frequent) gives groups
+    # that are contiguous id ranges (compact serving layout).
+    order = np.lexsort((-np.arange(rows), counts))
     group_ids = np.empty(rows, np.int32)
     group_ids[order] = np.arange(rows) // chunk
     group_counts = np.bincount(group_ids, weights=counts, minlength=num_groups)

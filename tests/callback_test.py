@@ -85,6 +85,19 @@ class ScheduleTest(tf.test.TestCase):
         counts = np.bincount(ids.ravel(), minlength=1000)
         self.assertAllEqual(counts, layer._counts.numpy())
 
+    def test_static_shapes_follow_jit_compile(self):
+        ids, labels = testing_utils.zipf_ctr(rows=512)
+        data = testing_utils.dataset(ids, labels)
+        for jit_compile in (True, False):
+            layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=4)
+            model = testing_utils.compile_ctr(
+                testing_utils.ctr_model(layer), jit_compile=jit_compile
+            )
+            callback = keras_mpe.MPECallback(data, search_epochs=1, verbose=0)
+            history = model.fit(data, epochs=2, verbose=0, callbacks=[callback])
+            self.assertEqual(jit_compile, layer.static_shapes)
+            self.assertEqual([1, 2], history.history["mpe_phase"])
+
     def test_optimizer_state_is_reset_at_selection(self):
         ids, labels = testing_utils.zipf_ctr(rows=1000)
         data = testing_utils.dataset(ids, labels)

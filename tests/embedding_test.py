@@ -152,6 +152,27 @@ class PhaseOutputTest(tf.test.TestCase):
         self.assertGreater(min(norm(table), norm(steps)), 0)
         self.assertEqual(0.0, norm(logits))
 
+    def test_static_shapes_compute_the_same(self):
+        layer = make_layer()
+        layer._chosen_bits.assign([0, 1, 4, 2])
+        variables = [_compat.tf_variable(v) for v in layer.trainable_weights]
+
+        def outputs_and_grads():
+            with tf.GradientTape() as tape:
+                outputs = layer(self.ids)
+                loss = tf.reduce_sum(outputs**2) + tf.add_n(layer.losses)
+            grads = tape.gradient(loss, variables)
+            return [outputs] + [tf.convert_to_tensor(g) for g in grads]
+
+        for phase in Phase:
+            layer.set_phase(phase)
+            layer.static_shapes = False
+            dynamic = outputs_and_grads()
+            layer.static_shapes = True
+            static = outputs_and_grads()
+            for a, b in zip(dynamic, static, strict=True):
+                self.assertAllClose(a, b, atol=1e-6)
+
     def test_step_sizes_follow_the_table_scale(self):
         layer = make_layer()
         layer.initialize_step_sizes()
@@ -280,6 +301,7 @@ class SerializationTest(tf.test.TestCase):
 def test_trains_under_xla(jit_compile):
     layer = make_layer()
     layer.set_phase(Phase.SEARCH)
+    layer.static_shapes = jit_compile
     model = testing_utils.compile_ctr(
         testing_utils.ctr_model(layer, 3), jit_compile=jit_compile
     )

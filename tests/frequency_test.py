@@ -12,13 +12,19 @@ keras = _compat.keras
 
 class GroupingTest(tf.test.TestCase):
     def test_golden_groups_and_weights(self):
-        # Ascending by count (stable): ids 1(0) 3(1) 4(3) | 5(3) 0(5) 6(7)
-        # | 2(9), chunks of ceil(7 / 3) = 3 rows.
+        # Ascending by count, ties by the higher id first: ids 1(0) 3(1)
+        # 5(3) | 4(3) 0(5) 6(7) | 2(9), chunks of ceil(7 / 3) = 3 rows.
         groups = frequency.group_by_frequency([5, 0, 9, 1, 3, 3, 7], 3)
-        self.assertAllEqual([1, 0, 2, 0, 0, 1, 1], groups.group_ids)
+        self.assertAllEqual([1, 0, 2, 0, 1, 0, 1], groups.group_ids)
         self.assertAllEqual([4, 15, 9], groups.group_counts)
         self.assertAllEqual([3, 3, 1], groups.group_sizes)
         self.assertAllClose([1.0, 3.75, 2.25], groups.group_weights)
+
+    def test_frequency_ordered_ids_give_contiguous_groups(self):
+        counts = np.array([9, 7, 7, 7, 7, 3, 3, 1, 0, 0])
+        groups = frequency.group_by_frequency(counts, 4)
+        # Chunks of 3 from the rarest: ids 9 8 7 | 6 5 4 | 3 2 1 | 0.
+        self.assertAllEqual([3, 2, 2, 2, 1, 1, 1, 0, 0, 0], groups.group_ids)
 
     def test_groups_without_rows_or_counts(self):
         # 10 rows in chunks of ceil(10 / 6) = 2 fill 5 groups; group 5 is
