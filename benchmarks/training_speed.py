@@ -16,13 +16,12 @@ Embedding <= 1.15x without XLA; counting / predict <= 1.3x.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
 
 import keras_mpe  # noqa: E402
 from keras_mpe import _compat  # noqa: E402
@@ -69,41 +68,6 @@ def build(embedding, args):
     return model
 
 
-def time_steps(variants, data, args):
-    """Median seconds per training step of each variant.
-
-    Steps are `train_on_batch` calls over the same batches. The variants
-    take turns, `steps` steps each per round, so that drifts of a shared
-    machine hit them alike. (Timing whole `fit` calls here gave step times
-    in exact multiples of about 256 ms under Keras 3.)
-    """
-    batches = list(data)
-    for _, model, prepare in variants:  # trace and warm up
-        prepare()
-        for x, y in batches[:2]:
-            model.train_on_batch(x, y)
-    times = {name: [] for name, _, _ in variants}
-    for _ in range(args.repeats):
-        for name, model, prepare in variants:
-            prepare()
-            for step in range(args.steps):
-                x, y = batches[step % len(batches)]
-                start = time.perf_counter()
-                model.train_on_batch(x, y)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def time_call(function, repeats):
-    function()  # trace
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     args = parse_args()
     data = zipf_batches(args)
@@ -131,14 +95,16 @@ def main():
                 lambda p=phase: layer.set_phase(p),
             )
         )
-    seconds = time_steps(variants, data, args)
+    seconds = timing.time_steps(variants, data, args.steps, args.repeats)
     base = seconds["Embedding"]
     for name, value in seconds.items():
         print(f"{name:20s} {1e3 * value:8.1f} ms/step {value / base:6.2f}x")
     print(f"average bits in FIXED: {layer.average_bits():.2f}")
 
-    predict = time_call(lambda: model.predict(data, verbose=0), args.repeats)
-    count = time_call(
+    predict = timing.time_call(
+        lambda: model.predict(data, verbose=0), args.repeats
+    )
+    count = timing.time_call(
         lambda: frequency.count_ids(model, [layer], data), args.repeats
     )
     print(f"predict pass         {1e3 * predict:8.1f} ms")

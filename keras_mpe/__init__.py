@@ -4,12 +4,25 @@ Public API:
     MixedPrecisionEmbedding: the layer (float, search and fixed phases).
     MPECallback: runs counting, search, selection and retraining in fit.
     Phase: the layer's phases.
+    FixedBitEmbedding: the serving form (packed integer codes).
+    convert: swaps every MixedPrecisionEmbedding for a FixedBitEmbedding.
+    export_saved_model: writes a SavedModel that TF Serving loads.
 """
 
 from keras_mpe.callback import MPECallback
+from keras_mpe.convert import convert
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.embedding import Phase
+from keras_mpe.export import export_saved_model
+from keras_mpe.fixed_bit import FixedBitEmbedding
 
 __version__ = "0.1.0"
 
-__all__ = ["MPECallback", "MixedPrecisionEmbedding", "Phase"]
+__all__ = [
+    "FixedBitEmbedding",
+    "MPECallback",
+    "MixedPrecisionEmbedding",
+    "Phase",
+    "convert",
+    "export_saved_model",
+]

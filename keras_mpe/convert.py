@@ -1,0 +1,85 @@
+"""convert(): swap every MixedPrecisionEmbedding for its FixedBitEmbedding.
+
+Functional and Sequential models (nested ones too) are cloned: the result
+is a new model whose other layers are the original layer objects (their
+weights are shared, not copied). Subclassed models, TFRS models included,
+cannot be cloned generically, so their embedding attributes are replaced
+in place and the same model object is returned.
+"""
+
+from keras_mpe import _compat
+from keras_mpe.embedding import MixedPrecisionEmbedding
+from keras_mpe.fixed_bit import FixedBitEmbedding
+
+keras = _compat.keras
+
+
+def _is_graph_model(layer) -> bool:
+    """A functional or Sequential model (cloneable layer by layer)."""
+    if isinstance(layer, keras.Sequential):
+        return True
+    if _compat.IS_KERAS_3:
+        return isinstance(layer, keras.Model) and hasattr(layer, "_operations")
+    return isinstance(layer, keras.Model) and layer._is_graph_network
+
+
+def _convert_layer(layer):
+    if isinstance(layer, MixedPrecisionEmbedding):
+        return FixedBitEmbedding.from_searched(layer)
+    if _is_graph_model(layer):
+        return keras.models.clone_model(layer, clone_function=_convert_layer)
+    if isinstance(layer, keras.Model) or _has_layer_attributes(layer):
+        for name, value in list(vars(layer).items()):
+            if not isinstance(value, keras.layers.Layer):
+                continue
+            converted = _convert_layer(value)
+            if converted is not value:
+                delattr(layer, name)
+                setattr(layer, name, converted)
+    return layer
+
+
+def _has_layer_attributes(layer) -> bool:
+    return any(isinstance(v, keras.layers.Layer) for v in vars(layer).values())
+
+
+def convert(model):
+    """Converts a searched and retrained model for serving.
+
+    Every `MixedPrecisionEmbedding` (which must be in its FIXED phase) is
+    replaced by a `FixedBitEmbedding` with equal outputs; the float tables
+    are not part of the result.
+
+    Example:
+
+    ```python
+    serving_model = keras_mpe.convert(model)
+    keras_mpe.export_saved_model(serving_model, "models/ctr/1")
+    ```
+
+    Args:
+        model: A Keras model holding MixedPrecisionEmbedding layers.
+
+    Returns:
+        The serving model: a new model for functional and Sequential
+        models, `model` itself (changed in place) for subclassed models.
+    """
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, MixedPrecisionEmbedding)
+    ]
+    if not layers:
+        raise ValueError(
+            f"convert: model '{model.name}' has no MixedPrecisionEmbedding."
+        )
+    unfinished = [
+        f"{x.name} ({x.phase.name})" for x in layers if x.phase.name != "FIXED"
+    ]
+    if unfinished:
+        raise ValueError(
+            "convert: every MixedPrecisionEmbedding must have chosen its "
+            "precisions (FIXED phase, after MPECallback's selection). Still "
+            f"searching or never searched: {', '.join(unfinished)}"
+        )
+    return _convert_layer(model)
