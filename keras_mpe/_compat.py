@@ -49,3 +49,18 @@ def uses_xla(model) -> bool:
     if IS_KERAS_3:
         return bool(model.jit_compile)
     return bool(getattr(model, "_jit_compile", False))
+
+
+def replace_sublayer(parent, name, layer):
+    """Sets `parent.<name> = layer` on a built layer, untracking the old."""
+    tracker = getattr(parent, "_tracker", None)  # Keras 3 locks built layers
+    if IS_KERAS_3 and tracker is not None:
+        tracker.untrack(getattr(parent, name))
+        delattr(parent, name)
+        locked = tracker.locked
+        tracker.unlock()
+        setattr(parent, name, layer)
+        tracker.locked = locked
+    else:
+        delattr(parent, name)
+        setattr(parent, name, layer)

@@ -34,8 +34,7 @@ def _convert_layer(layer):
                 continue
             converted = _convert_layer(value)
             if converted is not value:
-                delattr(layer, name)
-                setattr(layer, name, converted)
+                _compat.replace_sublayer(layer, name, converted)
     return layer
 
 

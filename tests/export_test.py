@@ -1,0 +1,223 @@
+"""convert + export_saved_model, checked the way TF Serving would load it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+
+import keras_mpe
+from keras_mpe import _compat
+from keras_mpe.fixed_bit import FixedBitEmbedding
+
+keras = _compat.keras
+HERE = os.path.dirname(os.path.abspath(__file__))
+IDS = np.random.default_rng(0).integers(0, 500, (8, 3)).astype(np.int32)
+
+
+def fixed_mpe(name=None):
+    layer = keras_mpe.MixedPrecisionEmbedding(
+        500, 8, num_groups=5, bit_penalty=0.0, name=name
+    )
+    layer.set_frequencies(np.arange(500)[::-1])
+    layer.set_bits([0, 1, 3, 5, 6])
+    return layer
+
+
+def functional():
+    inputs = keras.Input((3,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(fixed_mpe()(inputs))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.user = fixed_mpe("user")
+        self.head = keras.layers.Dense(1)
+
+    def call(self, features):
+        return self.head(tf.reduce_sum(self.user(features["ids"]), axis=1))
+
+
+def _float_tables(model):
+    return [w for w in model.weights if tuple(w.shape) == (500, 8)]
+
+
+class ConvertTest(tf.test.TestCase):
+    def test_functional_and_sequential(self):
+        sequential = keras.Sequential(
+            [
+                keras.Input((3,), dtype="int32"),
+                fixed_mpe(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        for model in (functional(), sequential):
+            expected = model.predict(IDS, verbose=0)
+            served = keras_mpe.convert(model)
+            self.assertIsNot(model, served)
+            self.assertAllEqual(expected, served.predict(IDS, verbose=0))
+            self.assertEmpty(_float_tables(served))
+            self.assertLen(
+                [x for x in served.layers if isinstance(x, FixedBitEmbedding)],
+                1,
+            )
+
+    def test_subclassed_in_place(self):
+        model = Subclassed()
+        expected = model({"ids": IDS})
+        served = keras_mpe.convert(model)
+        self.assertIs(model, served)
+        self.assertIsInstance(model.user, FixedBitEmbedding)
+        self.assertAllEqual(expected, served({"ids": IDS}))
+        self.assertEmpty(_float_tables(served))
+
+    def test_bad_input(self):
+        inputs = keras.Input((3,), dtype="int32")
+        searching = keras_mpe.MixedPrecisionEmbedding(500, 8, num_groups=5)
+        model = keras.Model(inputs, searching(inputs))
+        with self.assertRaisesRegex(ValueError, r"never searched: .*FLOAT"):
+            keras_mpe.convert(model)
+        plain = keras.Model(inputs, keras.layers.Embedding(5, 2)(inputs))
+        with self.assertRaisesRegex(ValueError, "has no MixedPrecision"):
+            keras_mpe.convert(plain)
+
+
+def _signature(path):
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    return loaded, signature, inputs, outputs
+
+
+def _meta_graph(path):
+    """The MetaGraphDef in saved_model.pb, as TF Serving reads it."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    (meta,) = proto.meta_graphs
+    return meta
+
+
+class ExportTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.model = functional()
+        self.expected = self.model.predict(IDS, verbose=0)
+        self.served = keras_mpe.convert(self.model)
+        self.path = os.path.join(self.get_temp_dir(), "ctr", "1")
+        keras_mpe.export_saved_model(self.served, self.path)
+
+    def test_signature_and_predictions(self):
+        _, signature, inputs, outputs = _signature(self.path)
+        self.assertEqual(["ids"], list(inputs))
+        self.assertEqual(tf.int32, inputs["ids"].dtype)
+        result = signature(ids=tf.constant(IDS))["outputs"]
+        self.assertAllEqual(self.expected, result)
+        self.assertIn("outputs", outputs)
+
+    def test_only_core_ops(self):
+        meta = _meta_graph(self.path)
+        ops = {node.op for node in meta.graph_def.node}
+        for function in meta.graph_def.library.function:
+            ops |= {node.op for node in function.node_def}
+        functions = {f.signature.name for f in meta.graph_def.library.function}
+        ops -= functions
+        self.assertNotIn("PyFunc", ops)
+        self.assertNotIn("EagerPyFunc", ops)
+        for op in sorted(ops):
+            self.assertIsNotNone(op_def_registry.get(op), op)
+        self.assertEqual(
+            "tensorflow/serving/predict",
+            meta.signature_def["serving_default"].method_name,
+        )
+
+    def test_variables_hold_the_packed_table(self):
+        fixed = [
+            x for x in self.served.layers if isinstance(x, FixedBitEmbedding)
+        ][0]
+        folder = os.path.join(self.path, "variables")
+        size = sum(
+            os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
+        )
+        payload = fixed.num_bytes  # 100 rows each at 0, 1, 3, 5, 6 bits
+        self.assertEqual(100 * 8 * (1 + 3 + 5 + 6) // 8, payload)
+        # Codes, the dense head, a few bytes of metadata, checkpoint index.
+        self.assertBetween(size, payload, payload + 4096)
+
+    def test_fresh_process_without_keras_mpe(self):
+        np.save(os.path.join(self.get_temp_dir(), "ids.npy"), IDS)
+        script = (
+            "import sys; sys.modules['keras_mpe'] = None\n"
+            "import numpy as np, tensorflow as tf\n"
+            f"m = tf.saved_model.load({self.path!r})\n"
+            f"ids = np.load({os.path.join(self.get_temp_dir(), 'ids.npy')!r})\n"
+            "out = m.signatures['serving_default'](ids=tf.constant(ids))\n"
+            f"np.save({os.path.join(self.get_temp_dir(), 'py.npy')!r}, "
+            "out['outputs'].numpy())\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        self.assertAllEqual(
+            self.expected,
+            np.load(os.path.join(self.get_temp_dir(), "py.npy")),
+        )
+
+    def test_cpp_loader(self):
+        signature = _meta_graph(self.path).signature_def["serving_default"]
+        feed = signature.inputs["ids"].name
+        fetch = signature.outputs["outputs"].name
+        ids_path = os.path.join(self.get_temp_dir(), "ids.npy")
+        out_path = os.path.join(self.get_temp_dir(), "cc.npz")
+        np.save(ids_path, IDS)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(HERE, "cpp_loader.py"),
+                self.path,
+                out_path,
+                f"{feed}={ids_path}",
+                f"fetch={fetch}",
+            ],
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        self.assertAllEqual(self.expected, np.load(out_path)["arr_0"])
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(ValueError, "exists and is not empty"):
+            keras_mpe.export_saved_model(self.served, self.path)
+        keras_mpe.export_saved_model(self.served, self.path, overwrite=True)
+        with self.assertRaisesRegex(ValueError, "still holds MixedPrecision"):
+            keras_mpe.export_saved_model(functional(), self.path + "x")
+        with self.assertRaisesRegex(ValueError, "pass signature="):
+            keras_mpe.export_saved_model(
+                keras_mpe.convert(Subclassed()), self.path + "y"
+            )
+
+
+@pytest.mark.parametrize("jit_compile", [True])
+def test_fake_quant_and_xla_export(tmp_path, jit_compile):
+    model = functional()
+    path = keras_mpe.export_saved_model(
+        model,
+        str(tmp_path / "1"),
+        allow_fake_quant=True,
+        jit_compile=jit_compile,
+    )
+    loaded = tf.saved_model.load(path)
+    result = loaded.signatures["serving_default"](ids=tf.constant(IDS))
+    np.testing.assert_allclose(
+        model.predict(IDS, verbose=0), result["outputs"], atol=1e-6
+    )
