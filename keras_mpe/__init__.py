@@ -7,6 +7,7 @@ Public API:
     FixedBitEmbedding: the serving form (packed integer codes).
     convert: swaps every MixedPrecisionEmbedding for a FixedBitEmbedding.
     export_saved_model: writes a SavedModel that TF Serving loads.
+    compression_report: payload and real bytes per table.
 """
 
 from keras_mpe.callback import MPECallback
@@ -15,6 +16,7 @@ from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.embedding import Phase
 from keras_mpe.export import export_saved_model
 from keras_mpe.fixed_bit import FixedBitEmbedding
+from keras_mpe.report import compression_report
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,7 @@ __all__ = [
     "MPECallback",
     "MixedPrecisionEmbedding",
     "Phase",
+    "compression_report",
     "convert",
     "export_saved_model",
 ]

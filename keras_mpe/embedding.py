@@ -270,15 +270,18 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             self.add_loss(
                 self.bit_penalty * is_search * self._bit_cost(probabilities)
             )
-        # Each distinct id is quantized once; its sparse gradient then has
-        # unique indices, which Keras 3 and tf_keras optimizers treat alike.
-        unique_ids, positions = tf.unique(tf.reshape(ids, [-1]))
-        rows = tf.gather(_compat.tf_variable(self._embeddings), unique_ids)
-        groups = tf.gather(_compat.tf_variable(self._group_ids), unique_ids)
+        flat_ids = tf.reshape(ids, [-1])
+        if not self.static_shapes:
+            # Each distinct id is quantized once (XLA fuses the per-lookup
+            # work instead, where sorting out duplicates costs more).
+            flat_ids, positions = tf.unique(flat_ids)
+        rows = tf.gather(_compat.tf_variable(self._embeddings), flat_ids)
+        groups = tf.gather(_compat.tf_variable(self._group_ids), flat_ids)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
         mixed = self._mix(rows, groups, phase, probabilities)
         outputs = is_float * rows + mixed
-        outputs = tf.gather(outputs, positions)
+        if not self.static_shapes:
+            outputs = tf.gather(outputs, positions)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 

@@ -67,6 +67,8 @@ class FixedBitEmbedding(keras.layers.Layer):
         output_dim: Integer. Width of each row.
         num_segments: Integer. Runs of consecutive ids at one bit-width.
         num_bytes: Integer. Size of the packed code buffer.
+        groups: Dict of per-group lists ("bits", "rows", "count") from the
+            search, for reports; not used by the lookup, not a variable.
         **kwargs: Base layer keyword arguments.
 
     Input shape:
@@ -77,13 +79,20 @@ class FixedBitEmbedding(keras.layers.Layer):
     """
 
     def __init__(
-        self, input_dim, output_dim, num_segments, num_bytes, **kwargs
+        self,
+        input_dim,
+        output_dim,
+        num_segments,
+        num_bytes,
+        groups=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.num_segments = int(num_segments)
         self.num_bytes = int(num_bytes)
+        self.groups = groups
         # One row read never runs past the buffer: pad by the widest row
         # plus the byte that `unpack_codes` reads after the last code.
         self._read_width = packing.bytes_per_row(MAX_BITS, output_dim) + 1
@@ -174,8 +183,15 @@ class FixedBitEmbedding(keras.layers.Layer):
         row_bytes = (row_bits.astype(np.int64) * dim + 7) // 8
         row_first = np.concatenate([[0], np.cumsum(row_bytes)])
         num_bytes = int(row_first[-1])
+        summary = layer.bits_per_group()
+        groups = {k: summary[k].tolist() for k in ("bits", "rows", "count")}
         fixed = cls(
-            layer.input_dim, dim, len(seg_starts), num_bytes, name=layer.name
+            layer.input_dim,
+            dim,
+            len(seg_starts),
+            num_bytes,
+            groups=groups,
+            name=layer.name,
         )
         buffer = np.zeros(num_bytes + fixed._read_width, np.uint8)
         steps = tf.abs(_compat.read(layer._step_sizes)) + quantizer.STEP_EPSILON
@@ -215,5 +231,6 @@ class FixedBitEmbedding(keras.layers.Layer):
             output_dim=self.output_dim,
             num_segments=self.num_segments,
             num_bytes=self.num_bytes,
+            groups=self.groups,
         )
         return config

@@ -90,6 +90,36 @@ class ConvertTest(tf.test.TestCase):
             keras_mpe.convert(plain)
 
 
+class ReportTest(tf.test.TestCase):
+    def test_report(self):
+        model = functional()
+        served = keras_mpe.convert(model)
+        labels = (IDS[:, :1] % 2).astype(np.float32)
+        data = tf.data.Dataset.from_tensor_slices((IDS, labels)).batch(4)
+        report = keras_mpe.compression_report(
+            served, model, data, keras.metrics.AUC(name="auc")
+        )
+        (layer,) = report.layers
+        self.assertEqual(
+            {0: 100, 1: 100, 3: 100, 5: 100, 6: 100}, layer.rows_per_bits
+        )
+        self.assertEqual(100 * 8 * (1 + 3 + 5 + 6), layer.payload_bits)
+        self.assertEqual(500 * 8 * 4, layer.float32_bytes)
+        self.assertAllClose(32 * 5 / 15, layer.payload_compression)
+        # Codes + 9 bytes of read padding + 5 segments x 16 bytes + steps
+        # and offset (8 + 8 floats).
+        self.assertEqual(1500 + 9 + 5 * 16 + 16 * 4, layer.real_bytes)
+        self.assertEqual([0, 1, 3, 5, 6], layer.groups["bits"])
+        self.assertEqual(report.metric_before, report.metric_after)
+        as_dict = report.as_dict()
+        self.assertEqual("auc", as_dict["metric"]["name"])
+        self.assertIn(layer.name, str(report))
+        with self.assertRaisesRegex(ValueError, "no FixedBitEmbedding"):
+            keras_mpe.compression_report(model)
+        with self.assertRaisesRegex(ValueError, "needs original_model"):
+            keras_mpe.compression_report(served, data=data)
+
+
 def _signature(path):
     loaded = tf.saved_model.load(path)
     signature = loaded.signatures["serving_default"]

@@ -1,0 +1,196 @@
+"""compression_report(): what conversion did to each embedding table.
+
+Two figures per table:
+
+- payload bits = sum over rows of bits x output_dim: the reference figure
+  (pruned rows count 0); payload compression = 32 x rows x dim / payload.
+- real bytes = every byte the serving graph reads for that layer: packed
+  codes (with their read padding), segment metadata, step sizes, offset;
+  real compression = float32 bytes / real bytes.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from keras_mpe import _compat
+from keras_mpe.fixed_bit import FixedBitEmbedding
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """The compression of one FixedBitEmbedding.
+
+    Attributes:
+        name: The layer's name.
+        rows: Vocabulary size.
+        dim: Row width.
+        rows_per_bits: Dict bits -> number of rows stored at that width.
+        groups: Dict of per-group lists ("bits", "rows", "count"; group 0
+            the rarest) from the search, or None.
+        payload_bits: Sum over rows of bits x dim.
+        real_bytes: Bytes of every variable the lookup reads.
+        float32_bytes: 4 x rows x dim.
+    """
+
+    name: str
+    rows: int
+    dim: int
+    rows_per_bits: dict
+    groups: dict
+    payload_bits: int
+    real_bytes: int
+    float32_bytes: int
+
+    @property
+    def payload_compression(self) -> float:
+        return 8 * self.float32_bytes / max(self.payload_bits, 1)
+
+    @property
+    def real_compression(self) -> float:
+        return self.float32_bytes / self.real_bytes
+
+
+@dataclasses.dataclass
+class CompressionReport:
+    """Per-layer compression, and a metric before and after if measured."""
+
+    layers: list
+    metric_name: str = None
+    metric_before: float = None
+    metric_after: float = None
+
+    def as_dict(self) -> dict:
+        """Plain values for scripts (JSON serializable)."""
+        result = {
+            "layers": [
+                dict(
+                    dataclasses.asdict(layer),
+                    payload_compression=layer.payload_compression,
+                    real_compression=layer.real_compression,
+                )
+                for layer in self.layers
+            ]
+        }
+        if self.metric_name:
+            result["metric"] = {
+                "name": self.metric_name,
+                "before": self.metric_before,
+                "after": self.metric_after,
+            }
+        return result
+
+    def __str__(self) -> str:
+        width = max([5] + [len(layer.name) for layer in self.layers])
+        lines = [
+            f"{'layer':{width}s} {'rows':>10s} {'payload':>12s} {'x':>7s} "
+            f"{'real bytes':>12s} {'x':>7s} {'float32':>12s}  rows per bits"
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"{layer.name:{width}s} {layer.rows:10d} "
+                f"{layer.payload_bits // 8:12d} "
+                f"{layer.payload_compression:7.1f} {layer.real_bytes:12d} "
+                f"{layer.real_compression:7.1f} {layer.float32_bytes:12d}  "
+                f"{layer.rows_per_bits}"
+            )
+            if layer.groups:
+                lines.append("  group (rarest first): bits / lookups")
+                pairs = zip(
+                    layer.groups["bits"], layer.groups["count"], strict=True
+                )
+                lines.append("  " + " ".join(f"{b}/{c}" for b, c in pairs))
+        if self.metric_name:
+            lines.append(
+                f"{self.metric_name}: before {self.metric_before:.5f}, "
+                f"after {self.metric_after:.5f}"
+            )
+        return "\n".join(lines)
+
+
+def _layer_report(layer) -> LayerReport:
+    starts = layer._segment_starts.numpy().astype(np.int64)
+    bits = layer._segment_bits.numpy()
+    lengths = np.diff(np.append(starts, layer.input_dim))
+    rows_per_bits = {
+        int(b): int(lengths[bits == b].sum()) for b in np.unique(bits)
+    }
+    real_bytes = sum(
+        int(np.prod(w.shape)) * np.dtype(_dtype_name(w)).itemsize
+        for w in layer.weights
+    )
+    return LayerReport(
+        name=layer.name,
+        rows=layer.input_dim,
+        dim=layer.output_dim,
+        rows_per_bits=rows_per_bits,
+        # (tf_keras wraps dict attributes of layers for tracking.)
+        groups={k: list(v) for k, v in layer.groups.items()}
+        if layer.groups
+        else None,
+        payload_bits=int((lengths * bits).sum()) * layer.output_dim,
+        real_bytes=real_bytes,
+        float32_bytes=4 * layer.input_dim * layer.output_dim,
+    )
+
+
+def _dtype_name(weight) -> str:
+    dtype = weight.dtype
+    return dtype if isinstance(dtype, str) else dtype.name
+
+
+def compression_report(
+    serving_model, original_model=None, data=None, metric=None
+) -> CompressionReport:
+    """Reports the compression of every FixedBitEmbedding in a model.
+
+    Example:
+
+    ```python
+    serving = keras_mpe.convert(model)
+    print(keras_mpe.compression_report(serving))
+    report = keras_mpe.compression_report(
+        serving, model, test_ds, tf.keras.metrics.AUC())
+    report.as_dict()["metric"]
+    ```
+
+    Args:
+        serving_model: A model returned by `keras_mpe.convert`.
+        original_model: The model before conversion; with `data` and
+            `metric`, the metric is measured on both. (For subclassed
+            models `convert` works in place: pass a copy made before.)
+        data: Dataset of `(x, y)` batches.
+        metric: A Keras metric instance (reset before each model).
+
+    Returns:
+        A `CompressionReport` (print it, or call `as_dict()`).
+    """
+    layers = [
+        _layer_report(layer)
+        for layer in serving_model._flatten_layers(include_self=False)
+        if isinstance(layer, FixedBitEmbedding)
+    ]
+    if not layers:
+        raise ValueError(
+            f"compression_report: model '{serving_model.name}' has no "
+            "FixedBitEmbedding; run keras_mpe.convert(model) first."
+        )
+    report = CompressionReport(layers)
+    if data is not None or metric is not None:
+        if data is None or metric is None or original_model is None:
+            raise ValueError(
+                "compression_report: measuring a metric needs "
+                "original_model, data and metric together."
+            )
+        report.metric_name = metric.name
+        report.metric_before = _measure(original_model, data, metric)
+        report.metric_after = _measure(serving_model, data, metric)
+    return report
+
+
+def _measure(model, data, metric) -> float:
+    metric.reset_state()
+    for batch in data:
+        x, y, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
+        metric.update_state(y, model(x, training=False))
+    return float(metric.result())
