@@ -1,13 +1,12 @@
 """convert + export_saved_model, checked the way TF Serving would load it."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import serving
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+import testing_utils
 from tensorflow.python.framework import op_def_registry
 
 import keras_mpe
@@ -15,7 +14,6 @@ from keras_mpe import _compat
 from keras_mpe.fixed_bit import FixedBitEmbedding
 
 keras = _compat.keras
-HERE = os.path.dirname(os.path.abspath(__file__))
 IDS = np.random.default_rng(0).integers(0, 500, (8, 3)).astype(np.int32)
 
 
@@ -128,15 +126,6 @@ def _signature(path):
     return loaded, signature, inputs, outputs
 
 
-def _meta_graph(path):
-    """The MetaGraphDef in saved_model.pb, as TF Serving reads it."""
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    (meta,) = proto.meta_graphs
-    return meta
-
-
 class ExportTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
@@ -155,7 +144,7 @@ class ExportTest(tf.test.TestCase):
         self.assertIn("outputs", outputs)
 
     def test_only_core_ops(self):
-        meta = _meta_graph(self.path)
+        meta = serving.meta_graph(self.path)
         ops = {node.op for node in meta.graph_def.node}
         for function in meta.graph_def.library.function:
             ops |= {node.op for node in function.node_def}
@@ -184,46 +173,16 @@ class ExportTest(tf.test.TestCase):
         self.assertBetween(size, payload, payload + 4096)
 
     def test_fresh_process_without_keras_mpe(self):
-        np.save(os.path.join(self.get_temp_dir(), "ids.npy"), IDS)
-        script = (
-            "import sys; sys.modules['keras_mpe'] = None\n"
-            "import numpy as np, tensorflow as tf\n"
-            f"m = tf.saved_model.load({self.path!r})\n"
-            f"ids = np.load({os.path.join(self.get_temp_dir(), 'ids.npy')!r})\n"
-            "out = m.signatures['serving_default'](ids=tf.constant(ids))\n"
-            f"np.save({os.path.join(self.get_temp_dir(), 'py.npy')!r}, "
-            "out['outputs'].numpy())\n"
+        outputs = serving.predict_in_fresh_process(
+            self.path, {"ids": IDS}, self.get_temp_dir()
         )
-        subprocess.run(
-            [sys.executable, "-c", script],
-            check=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-        self.assertAllEqual(
-            self.expected,
-            np.load(os.path.join(self.get_temp_dir(), "py.npy")),
-        )
+        self.assertAllEqual(self.expected, outputs)
 
     def test_cpp_loader(self):
-        signature = _meta_graph(self.path).signature_def["serving_default"]
-        feed = signature.inputs["ids"].name
-        fetch = signature.outputs["outputs"].name
-        ids_path = os.path.join(self.get_temp_dir(), "ids.npy")
-        out_path = os.path.join(self.get_temp_dir(), "cc.npz")
-        np.save(ids_path, IDS)
-        subprocess.run(
-            [
-                sys.executable,
-                os.path.join(HERE, "cpp_loader.py"),
-                self.path,
-                out_path,
-                f"{feed}={ids_path}",
-                f"fetch={fetch}",
-            ],
-            check=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        outputs = serving.predict_with_cpp_loader(
+            self.path, {"ids": IDS}, self.get_temp_dir()
         )
-        self.assertAllEqual(self.expected, np.load(out_path)["arr_0"])
+        self.assertAllEqual(self.expected, outputs)
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "exists and is not empty"):
@@ -251,3 +210,26 @@ def test_fake_quant_and_xla_export(tmp_path, jit_compile):
     np.testing.assert_allclose(
         model.predict(IDS, verbose=0), result["outputs"], atol=1e-6
     )
+
+
+class EndToEndTest(tf.test.TestCase):
+    def test_trained_dnn_served_by_both_loaders(self):
+        model, layer, _, data = testing_utils.train_searched(
+            bit_penalty=3e-2, epochs=4, search_epochs=3
+        )
+        ids = np.concatenate([x.numpy() for x, _ in data.take(2)])
+        expected = model.predict(ids, verbose=0)
+        served = keras_mpe.convert(model)
+        self.assertAllClose(expected, served.predict(ids, verbose=0), atol=1e-6)
+        path = keras_mpe.export_saved_model(
+            served, os.path.join(self.get_temp_dir(), "dnn", "1")
+        )
+        name = list(keras_mpe.export.input_signature(served))[0]
+        folder = self.get_temp_dir()
+        for predict in (
+            serving.predict_in_fresh_process,
+            serving.predict_with_cpp_loader,
+        ):
+            self.assertAllClose(
+                expected, predict(path, {name: ids}, folder), atol=1e-6
+            )

@@ -4,6 +4,7 @@ import functools
 
 import numpy as np
 import pytest
+import serving
 import tensorflow as tf
 import testing_utils
 
@@ -151,3 +152,28 @@ def test_real_movielens_counts(tmp_path):
     np.testing.assert_array_equal(expected, model.item._counts.numpy())
     assert history["mpe_phase"] == [1, 2]
     assert rmse < 1.2
+
+
+def test_trained_tfrs_model_served_by_both_loaders(tmp_path):
+    model, _, _ = train_mpe(movielens_like(rows=20000), 2, 1)
+    features = {
+        "user": np.arange(0, 900, 7, dtype=np.int32),
+        "item": np.arange(0, 1290, 10, dtype=np.int32),
+    }
+    expected = model(features).numpy()
+    served = keras_mpe.convert(model)
+    assert isinstance(served.user, keras_mpe.FixedBitEmbedding)
+    np.testing.assert_allclose(expected, served(features), atol=1e-6)
+    signature = {
+        name: tf.TensorSpec([None], tf.int32, name=name) for name in features
+    }
+    path = keras_mpe.export_saved_model(
+        served, str(tmp_path / "ranking" / "1"), signature=signature
+    )
+    for predict in (
+        serving.predict_in_fresh_process,
+        serving.predict_with_cpp_loader,
+    ):
+        np.testing.assert_allclose(
+            expected, predict(path, features, str(tmp_path)), atol=1e-6
+        )
