@@ -1,5 +1,6 @@
 """convert + export_saved_model, checked the way TF Serving would load it."""
 
+import json
 import os
 
 import numpy as np
@@ -210,6 +211,64 @@ def test_fake_quant_and_xla_export(tmp_path, jit_compile):
     np.testing.assert_allclose(
         model.predict(IDS, verbose=0), result["outputs"], atol=1e-6
     )
+
+
+class ServingApiTest(tf.test.TestCase):
+    """The request and response forms a TF Serving client uses."""
+
+    def setUp(self):
+        super().setUp()
+        self.model = functional()
+        self.expected = self.model.predict(IDS, verbose=0)
+        path = keras_mpe.export_saved_model(
+            keras_mpe.convert(self.model),
+            os.path.join(self.get_temp_dir(), "ctr", "1"),
+        )
+        self.signature = tf.saved_model.load(path).signatures["serving_default"]
+
+    def test_grpc_predict_request_and_response(self):
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ctr"
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["ids"].CopyFrom(tf.make_tensor_proto(IDS))
+        received = predict_pb2.PredictRequest.FromString(
+            request.SerializeToString()
+        )
+        outputs = self.signature(
+            **{
+                name: tf.constant(tf.make_ndarray(proto))
+                for name, proto in received.inputs.items()
+            }
+        )
+        response = predict_pb2.PredictResponse()
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        answer = predict_pb2.PredictResponse.FromString(
+            response.SerializeToString()
+        )
+        self.assertAllEqual(
+            self.expected, tf.make_ndarray(answer.outputs["outputs"])
+        )
+
+    def test_rest_json_bodies(self):
+        row_format = json.dumps(
+            {"instances": [{"ids": r} for r in IDS.tolist()]}
+        )
+        columnar = json.dumps({"inputs": {"ids": IDS.tolist()}})
+        instances = json.loads(row_format)["instances"]
+        by_row = self.signature(
+            ids=tf.constant([i["ids"] for i in instances], tf.int32)
+        )["outputs"]
+        by_column = self.signature(
+            ids=tf.constant(json.loads(columnar)["inputs"]["ids"], tf.int32)
+        )["outputs"]
+        predictions = json.loads(
+            json.dumps({"predictions": by_row.numpy().tolist()})
+        )["predictions"]
+        self.assertAllClose(self.expected, predictions)
+        self.assertAllEqual(self.expected, by_column)
 
 
 class EndToEndTest(tf.test.TestCase):
