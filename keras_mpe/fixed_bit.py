@@ -71,6 +71,11 @@ class FixedBitEmbedding(keras.layers.Layer):
             search, for reports; not used by the lookup, not a variable.
         **kwargs: Base layer keyword arguments.
 
+    Attributes:
+        static_shapes: Boolean, False by default. True skips the
+            de-duplication of ids (`tf.unique`), which is slow under XLA;
+            `export_saved_model(jit_compile=True)` sets it.
+
     Input shape:
         Integer tensor of any shape `(...)`.
 
@@ -93,6 +98,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         self.num_segments = int(num_segments)
         self.num_bytes = int(num_bytes)
         self.groups = groups
+        self.static_shapes = False
         # One row read never runs past the buffer: pad by the widest row
         # plus the byte that `unpack_codes` reads after the last code.
         self._read_width = packing.bytes_per_row(MAX_BITS, output_dim) + 1
@@ -136,24 +142,32 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         ids = tf.cast(inputs, tf.int32)
-        flat = tf.reshape(ids, [-1])
+        unique_ids = tf.reshape(ids, [-1])
+        if not self.static_shapes:
+            # Unpack each distinct id once, then spread the rows back out
+            # (under XLA sorting out duplicates costs more than it saves).
+            unique_ids, positions = tf.unique(unique_ids)
         starts = _compat.read(self._segment_starts)
-        segment = tf.searchsorted(starts, flat, side="right") - 1
+        segment = tf.searchsorted(starts, unique_ids, side="right") - 1
         bits = tf.gather(_compat.read(self._segment_bits), segment)
         row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
         first = tf.gather(_compat.read(self._segment_bytes), segment)
-        first += (
-            tf.cast(flat - tf.gather(starts, segment), tf.int64) * row_bytes
+        first += tf.cast(unique_ids - tf.gather(starts, segment), tf.int64) * (
+            row_bytes
         )
-        positions = first[:, None] + tf.range(self._read_width, dtype=tf.int64)
-        packed = tf.gather(_compat.tf_variable(self._packed_codes), positions)
+        offsets = tf.range(self._read_width, dtype=tf.int64)
+        packed = tf.gather(
+            _compat.tf_variable(self._packed_codes), first[:, None] + offsets
+        )
         safe_bits = tf.maximum(bits, 1)
         codes = packing.unpack_codes(packed, safe_bits, self.output_dim)
         lo = -tf.bitwise.left_shift(1, safe_bits - 1)
         step = tf.gather(_compat.read(self._step_sizes), safe_bits - 1)
+        offset = _compat.read(self._offset)
         values = tf.cast(codes + lo[:, None], tf.float32) * step[:, None]
-        values += _compat.read(self._offset)
-        values *= tf.cast(bits > 0, tf.float32)[:, None]
+        values = (values + offset) * tf.cast(bits > 0, tf.float32)[:, None]
+        if not self.static_shapes:
+            values = tf.gather(values, positions)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(values, shape), self.compute_dtype)
 

@@ -41,6 +41,15 @@ class FixedBitTest(tf.test.TestCase):
         payload_bits = sum(b * 100 * 16 for b in BITS)
         self.assertEqual(payload_bits // 8, fixed.num_bytes)
 
+    def test_static_shapes_under_xla(self):
+        layer = searched_layer()
+        fixed = FixedBitEmbedding.from_searched(layer)
+        fixed.static_shapes = True
+        ids = np.arange(1000).reshape(50, 20) % 37
+        lookup = tf.function(fixed, jit_compile=True)
+        # XLA may fuse multiply-adds: equal within float rounding.
+        self.assertAllClose(layer(ids), lookup(tf.constant(ids)), atol=1e-6)
+
     def test_any_id_order_still_exact(self):
         layer = searched_layer(permute=True)
         fixed = FixedBitEmbedding.from_searched(layer)
