@@ -20,6 +20,9 @@ effect. Cardinalities default to those of the Criteo Kaggle data as used
 by DLRM-style setups (C1..C26), capped by `max_cardinality`.
 """
 
+import csv
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -161,59 +164,42 @@ def _criteo_numeric_token(value: str) -> str:
     return str(number)
 
 
-def read_criteo(
-    path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
-) -> dict:
-    """Reads a Kaggle Criteo TSV (label, I1-I13, C1-C26) as 39 id fields.
+def _encode_fields(tokens, labels, min_count, train_fraction, seed) -> dict:
+    """Splits rows at random and maps each field's tokens to global ids.
 
-    Preprocessing as in the MPE reference: numeric values are bucketed to
-    floor(ln(v)^2) when v > 2, and every field's values seen fewer than
-    `min_count` times in the training rows map to that field's
-    out-of-vocabulary id. Within a field, ids are ordered by training
-    frequency (most frequent first), so the vocabulary is frequency
-    ordered; field f's ids start at `offsets[f]`.
-
-    Args:
-        path: Path of the tab-separated file (no header).
-        min_count: Integer. Rarer values share the field's OOV id.
-        train_fraction: Float. Share of the rows (shuffled with `seed`)
-            used for training; the rest is split evenly into validation
-            and test, as the reference's random 80/10/10 split.
-        seed: Integer. Seed of the split.
-
-    Returns:
-        A dict with "train", "val", "test": `(ids int32 (rows, 39),
-        labels float32 (rows, 1))`, and "vocabulary_size".
+    Within a field, the OOV id comes first, then the tokens seen at least
+    `min_count` times in the training rows, most frequent first; field f's
+    ids start at `offsets[f]`.
     """
-    with open(path) as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle]
-    if not rows or any(len(row) != 40 for row in rows):
-        bad = next((len(r) for r in rows if len(r) != 40), 0)
+    if not 0.0 < train_fraction < 1.0:
         raise ValueError(
-            f"`path` must be a Criteo TSV with 40 fields per line. "
-            f"Received: {path} with a line of {bad} fields"
+            "`train_fraction` must be between 0 and 1. "
+            f"Received: train_fraction={train_fraction}"
         )
-    labels = np.array([[float(row[0])] for row in rows], np.float32)
-    tokens = [
-        [_criteo_numeric_token(v) for v in row[1:14]] + row[14:] for row in rows
-    ]
-    order = np.random.default_rng(seed).permutation(len(rows))
-    cut = int(len(rows) * train_fraction)
-    val_cut = cut + (len(rows) - cut) // 2
-    train_rows = set(order[:cut].tolist())
-    ids = np.zeros((len(rows), 39), np.int32)
+    if not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(
+            "`min_count` must be a positive integer. "
+            f"Received: min_count={min_count}"
+        )
+    tokens = np.asarray(tokens, dtype=object)
+    order = np.random.default_rng(seed).permutation(len(tokens))
+    cut = int(len(tokens) * train_fraction)
+    val_cut = cut + (len(tokens) - cut) // 2
+    ids = np.zeros(tokens.shape, np.int32)
+    offsets = []
     offset = 0
-    for field in range(39):
-        column = [row[field] for row in tokens]
-        counts = {}
-        for i in train_rows:
-            counts[column[i]] = counts.get(column[i], 0) + 1
-        kept = sorted(
-            (v for v, c in counts.items() if c >= min_count),
-            key=lambda v: (-counts[v], v),
+    for field in range(tokens.shape[1]):
+        values, counts = np.unique(
+            tokens[order[:cut], field].astype(str), return_counts=True
         )
+        kept = [
+            v
+            for c, v in sorted(zip(-counts, values, strict=True))
+            if -c >= min_count
+        ]
         index = {value: offset + 1 + rank for rank, value in enumerate(kept)}
-        ids[:, field] = [index.get(value, offset) for value in column]
+        ids[:, field] = [index.get(str(v), offset) for v in tokens[:, field]]
+        offsets.append(offset)
         offset += len(kept) + 1
     parts = {
         "train": order[:cut],
@@ -222,4 +208,149 @@ def read_criteo(
     }
     result = {name: (ids[p], labels[p]) for name, p in parts.items()}
     result["vocabulary_size"] = offset
+    result["field_offsets"] = np.asarray(offsets, np.int64)
+    return result
+
+
+def _checked_rows(path, rows, width, what):
+    if not rows or any(len(row) != width for row in rows):
+        bad = next((len(r) for r in rows if len(r) != width), 0)
+        raise ValueError(
+            f"`path` must be {what} with {width} fields per line. "
+            f"Received: {path} with a line of {bad} fields"
+        )
+    return rows
+
+
+_SPLIT_ARGS = """
+        min_count: Integer. Values seen fewer times in the training rows
+            share their field's out-of-vocabulary id.
+        train_fraction: Float. Share of the rows (shuffled with `seed`)
+            used for training; the rest is split evenly into validation
+            and test, as the reference's random 80/10/10 split.
+        seed: Integer. Seed of the split.
+
+    Returns:
+        A dict with "train", "val", "test": `(ids int32 (rows, fields),
+        labels float32 (rows, 1))`, "vocabulary_size" and
+        "field_offsets" (the first id of each field). Within a field the
+        OOV id comes first, then the values by training frequency, most
+        frequent first: the vocabulary is frequency ordered.
+"""
+
+
+def read_criteo(
+    path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
+) -> dict:
+    """Reads a Kaggle Criteo TSV (label, I1-I13, C1-C26) as 39 id fields.
+
+    Numeric values are bucketed as in the MPE reference: v -> floor(ln(v)^2)
+    when v > 2, else v; an empty value is its own token.
+
+    Args:
+        path: Path of the tab-separated file (no header).
+    """
+    with open(path) as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    _checked_rows(path, rows, 40, "a Criteo TSV")
+    labels = np.array([[float(row[0])] for row in rows], np.float32)
+    tokens = [
+        [_criteo_numeric_token(v) for v in row[1:14]] + row[14:] for row in rows
+    ]
+    return _encode_fields(tokens, labels, min_count, train_fraction, seed)
+
+
+def _read_csv(path, width, what):
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        rows = list(reader)
+    if header is None:
+        raise ValueError(f"`path` must be {what}. Received: {path} is empty")
+    return header, _checked_rows(path, rows, width, what)
+
+
+def read_avazu(
+    path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
+) -> dict:
+    """Reads a Kaggle Avazu CSV (id, click, hour, C1, ... C21): 22 id fields.
+
+    Every column but `id` and the `click` label is categorical.
+
+    Args:
+        path: Path of the CSV file with its header line.
+    """
+    _, rows = _read_csv(path, 24, "an Avazu CSV")
+    labels = np.array([[float(row[1])] for row in rows], np.float32)
+    tokens = [row[2:] for row in rows]
+    return _encode_fields(tokens, labels, min_count, train_fraction, seed)
+
+
+def read_kdd12(
+    path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
+) -> dict:
+    """Reads the KDD Cup 2012 track 2 OpenML CSV (click, impression, ...).
+
+    The 11 columns after the `click` label (the impression count and the
+    10 id columns) are categorical tokens.
+
+    Args:
+        path: Path of the CSV file with its header line.
+    """
+    _, rows = _read_csv(path, 12, "a KDD12 Click_prediction_small CSV")
+    labels = np.array([[float(row[0])] for row in rows], np.float32)
+    tokens = [row[1:] for row in rows]
+    return _encode_fields(tokens, labels, min_count, train_fraction, seed)
+
+
+for _reader in (read_criteo, read_avazu, read_kdd12):
+    _reader.__doc__ += _SPLIT_ARGS
+
+
+def read_movielens(
+    directory, train_fraction: float = 0.8, seed: int = 0
+) -> dict:
+    """Reads MovieLens 100K ratings (`u.data`: user, item, rating, time).
+
+    Args:
+        directory: The ml-100k folder holding `u.data`.
+        train_fraction: Float. Share of the ratings (shuffled with `seed`)
+            used for training; the rest is split evenly into validation
+            and test.
+        seed: Integer. Seed of the split.
+
+    Returns:
+        A dict with "train", "val", "test": `({"user_id": int32 (rows,),
+        "movie_id": int32 (rows,)}, ratings float32 (rows, 1))` and
+        "vocabulary_sizes" `{"user_id": n, "movie_id": m}`. Ids are
+        frequency ordered per field (0 is the OOV id: users or movies
+        not rated in the training rows).
+    """
+    path = os.path.join(directory, "u.data")
+    with open(path) as handle:
+        rows = [line.split("\t") for line in handle if line.strip()]
+    _checked_rows(path, rows, 4, "a MovieLens u.data file")
+    ratings = np.array([[float(row[2])] for row in rows], np.float32)
+    encoded = _encode_fields(
+        [row[:2] for row in rows], ratings, 1, train_fraction, seed
+    )
+    offsets = encoded["field_offsets"]
+    names = ("user_id", "movie_id")
+    result = {
+        "vocabulary_sizes": {
+            name: int(size)
+            for name, size in zip(
+                names,
+                np.diff(np.append(offsets, encoded["vocabulary_size"])),
+                strict=True,
+            )
+        }
+    }
+    for part in ("train", "val", "test"):
+        ids, labels = encoded[part]
+        local = ids - offsets.astype(np.int32)
+        result[part] = (
+            {name: local[:, i] for i, name in enumerate(names)},
+            labels,
+        )
     return result
