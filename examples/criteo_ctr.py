@@ -1,21 +1,28 @@
 """Trains a CTR model with Mixed-Precision Embeddings and compares to fp32.
 
+The whole path: fp32 baseline, then MPE search + retraining with
+`MPECallback`, `keras_mpe.convert` to packed fixed-bit tables,
+`keras_mpe.compression_report`, and `keras_mpe.export_saved_model` to a
+SavedModel that TF Serving loads (see examples/serving_client.py).
+
 The default data is the built-in synthetic Criteo-like generator (no
 download). `--criteo PATH` reads a real Kaggle Criteo TSV instead, with the
-MPE reference preprocessing.
+MPE reference preprocessing. `--model dcn` puts a cross network (DCN-v2
+cross layers) in front of the MLP.
 
     python examples/criteo_ctr.py
+    python examples/criteo_ctr.py --model dcn --export-dir /tmp/ctr/1
     python examples/criteo_ctr.py --batch-size 250 --bit-penalty 3e-3 \
         --criteo ../shared/data/criteo/criteo_dac_head8000.txt
 """
 
 import argparse
 import os
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_mpe  # noqa: E402
@@ -28,6 +35,14 @@ keras = _compat.keras
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--criteo", help="a Kaggle Criteo TSV file")
+    parser.add_argument("--model", choices=["dnn", "dcn"], default="dnn")
+    parser.add_argument(
+        "--export-dir",
+        default=os.path.join(
+            tempfile.gettempdir(), "keras_mpe", "criteo_ctr", "1"
+        ),
+        help="SavedModel version folder (replaced if it exists)",
+    )
     parser.add_argument(
         "--rows", type=int, default=400_000, help="synthetic training rows"
     )
@@ -85,8 +100,22 @@ def load_data(args):
     )
 
 
-def dnn(embedding, fields, dense_features):
-    """Embeddings (+ log1p numeric features) -> MLP 256-128 -> sigmoid."""
+class Cross(keras.layers.Layer):
+    """One DCN-v2 cross layer: x_{l+1} = x_0 * (W x_l + b) + x_l."""
+
+    def build(self, input_shape):
+        dim = input_shape[0][-1]
+        self.dense = keras.layers.Dense(dim)
+        self.dense.build((None, dim))
+
+    def call(self, inputs):
+        x0, x = inputs
+        return x0 * self.dense(x) + x
+
+
+def ctr_model(embedding, fields, dense_features, cross_layers=0):
+    """Embeddings (+ log1p numeric features) -> [cross layers] -> MLP
+    256-128 -> sigmoid."""
     categorical = keras.Input((fields,), dtype="int32", name="categorical")
     inputs = {"categorical": categorical}
     x = keras.layers.Flatten()(embedding(categorical))
@@ -96,18 +125,16 @@ def dnn(embedding, fields, dense_features):
         x = keras.layers.Concatenate()(
             [x, keras.layers.Lambda(tf.math.log1p)(numeric)]
         )
+    x0 = x
+    for _ in range(cross_layers):
+        x = Cross()([x0, x])
     for units in (256, 128):
         x = keras.layers.Dense(units, activation="relu")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     return keras.Model(inputs, outputs)
 
 
-def train(embedding, data, args, callbacks=()):
-    train_data, val_data, test_data, _ = data
-    keras.utils.set_random_seed(args.seed)
-    features = next(iter(train_data))[0]
-    dense = features["numeric"].shape[-1] if "numeric" in features else 0
-    model = dnn(embedding(), features["categorical"].shape[-1], dense)
+def compile_ctr(model, args):
     model.compile(
         keras.optimizers.Adam(args.learning_rate),
         "binary_crossentropy",
@@ -116,6 +143,20 @@ def train(embedding, data, args, callbacks=()):
             keras.metrics.BinaryCrossentropy(name="logloss"),
         ],
     )
+
+
+def train(embedding, data, args, callbacks=()):
+    train_data, val_data, test_data, _ = data
+    keras.utils.set_random_seed(args.seed)
+    features = next(iter(train_data))[0]
+    dense = features["numeric"].shape[-1] if "numeric" in features else 0
+    model = ctr_model(
+        embedding(),
+        features["categorical"].shape[-1],
+        dense,
+        cross_layers=2 if args.model == "dcn" else 0,
+    )
+    compile_ctr(model, args)
     start = time.time()
     model.fit(
         train_data,
@@ -159,35 +200,46 @@ def main():
         search_epochs=args.search_epochs,
         monitor="val_auc",
     )
-    _, mpe_scores, mpe_seconds = train(mpe, data, args, [callback])
+    model, mpe_scores, mpe_seconds = train(mpe, data, args, [callback])
     layer = layers[-1]
-
-    groups = layer.bits_per_group()
-    print("\n== search outcome ==")
-    print("group (rarest first) | rows | lookups | bits")
-    for g in np.linspace(0, layer.num_groups - 1, 9).astype(int):
-        print(
-            f"{g:5d} | {groups['rows'][g]:7d} | {groups['count'][g]:9d} "
-            f"| {groups['bits'][g]}"
-        )
-    rows_per_bits = {
-        int(b): int(groups["rows"][groups["bits"] == b].sum())
-        for b in layer.bit_candidates
-    }
-    bits = layer.average_bits()
-    print(f"rows per bit-width: {rows_per_bits}")
     print(
-        f"average bits per element: {bits:.3f} -> payload compression "
-        f"{32 / bits if bits else float('inf'):.1f}x"
+        f"\nsearch outcome: {layer.average_bits():.3f} bits per element; "
+        "bits per frequency group (rarest first):"
+    )
+    print(layer.bits_per_group()["bits"].tolist())
+
+    print("\n== convert, report, export ==")
+    serving_model = keras_mpe.convert(model)
+    compile_ctr(serving_model, args)
+    print(
+        keras_mpe.compression_report(
+            serving_model,
+            original_model=model,
+            data=data[2],
+            metric=keras.metrics.AUC(name="auc"),
+        )
+    )
+    path = keras_mpe.export_saved_model(
+        serving_model, args.export_dir, overwrite=True
+    )
+    served = serving_model.evaluate(data[2], return_dict=True, verbose=0)
+    print(f"SavedModel written to {path}; serve it with")
+    print(
+        "  tensorflow_model_server --rest_api_port=8501 --model_name=criteo_ctr"
+        f" --model_base_path={os.path.dirname(path)}"
     )
     print("\n== test set ==")
     print(
-        f"fp32: AUC {fp32['auc']:.4f}  LogLoss {fp32['logloss']:.4f}  "
-        f"train {fp32_seconds:.0f}s"
+        f"fp32           : AUC {fp32['auc']:.4f}  LogLoss "
+        f"{fp32['logloss']:.4f}  train {fp32_seconds:.0f}s"
     )
     print(
-        f"MPE : AUC {mpe_scores['auc']:.4f}  LogLoss "
+        f"MPE (retrained): AUC {mpe_scores['auc']:.4f}  LogLoss "
         f"{mpe_scores['logloss']:.4f}  train {mpe_seconds:.0f}s"
+    )
+    print(
+        f"MPE (converted): AUC {served['auc']:.4f}  LogLoss "
+        f"{served['logloss']:.4f}"
     )
 
 

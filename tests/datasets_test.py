@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+import testing_utils
 
 from keras_mpe import datasets
-from tests import testing_utils
 
 
 def _rows(dataset):

@@ -1,5 +1,6 @@
 """convert + export_saved_model, checked the way TF Serving would load it."""
 
+import importlib.util
 import json
 import os
 
@@ -213,62 +214,57 @@ def test_fake_quant_and_xla_export(tmp_path, jit_compile):
     )
 
 
+def _serving_client():
+    """examples/serving_client.py, the client a TF Serving user runs."""
+    path = os.path.join(os.path.dirname(serving.HERE), "examples")
+    spec = importlib.util.spec_from_file_location(
+        "serving_client", os.path.join(path, "serving_client.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class ServingApiTest(tf.test.TestCase):
-    """The request and response forms a TF Serving client uses."""
+    """examples/serving_client.py against a stand-in model server over
+    local sockets: gRPC PredictRequest/PredictResponse (tensorflow-serving-
+    api) and the REST JSON bodies, as TF Serving answers them."""
 
     def setUp(self):
         super().setUp()
+        self.client = _serving_client()
         self.model = functional()
         self.expected = self.model.predict(IDS, verbose=0)
-        path = keras_mpe.export_saved_model(
+        self.path = keras_mpe.export_saved_model(
             keras_mpe.convert(self.model),
             os.path.join(self.get_temp_dir(), "ctr", "1"),
         )
-        self.signature = tf.saved_model.load(path).signatures["serving_default"]
 
-    def test_grpc_predict_request_and_response(self):
-        from tensorflow_serving.apis import predict_pb2
+    def test_client_builds_inputs_from_the_signature(self):
+        spec = self.client.input_spec(self.path)
+        self.assertEqual({"ids": (np.dtype("int32"), [None, 3])}, spec)
+        batch = self.client.example_inputs(spec, batch_size=5)
+        self.assertEqual((5, 3), batch["ids"].shape)
+        self.assertEqual(np.int32, batch["ids"].dtype)
+        body = json.loads(self.client.rest_body(batch))
+        self.assertEqual(batch["ids"][2].tolist(), body["instances"][2]["ids"])
+        columnar = json.loads(self.client.rest_body(batch, row_format=False))
+        self.assertEqual(batch["ids"].tolist(), columnar["inputs"]["ids"])
 
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "ctr"
-        request.model_spec.signature_name = "serving_default"
-        request.inputs["ids"].CopyFrom(tf.make_tensor_proto(IDS))
-        received = predict_pb2.PredictRequest.FromString(
-            request.SerializeToString()
-        )
-        outputs = self.signature(
-            **{
-                name: tf.constant(tf.make_ndarray(proto))
-                for name, proto in received.inputs.items()
-            }
-        )
-        response = predict_pb2.PredictResponse()
-        for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
-        answer = predict_pb2.PredictResponse.FromString(
-            response.SerializeToString()
-        )
-        self.assertAllEqual(
-            self.expected, tf.make_ndarray(answer.outputs["outputs"])
-        )
-
-    def test_rest_json_bodies(self):
-        row_format = json.dumps(
-            {"instances": [{"ids": r} for r in IDS.tolist()]}
-        )
-        columnar = json.dumps({"inputs": {"ids": IDS.tolist()}})
-        instances = json.loads(row_format)["instances"]
-        by_row = self.signature(
-            ids=tf.constant([i["ids"] for i in instances], tf.int32)
-        )["outputs"]
-        by_column = self.signature(
-            ids=tf.constant(json.loads(columnar)["inputs"]["ids"], tf.int32)
-        )["outputs"]
-        predictions = json.loads(
-            json.dumps({"predictions": by_row.numpy().tolist()})
-        )["predictions"]
-        self.assertAllClose(self.expected, predictions)
-        self.assertAllEqual(self.expected, by_column)
+    def test_grpc_and_rest_predictions(self):
+        inputs = {"ids": IDS}
+        with serving.model_server(self.path, "ctr") as (grpc_address, url):
+            by_grpc = self.client.predict_grpc(grpc_address, "ctr", inputs)
+            by_rows = self.client.predict_rest(url, "ctr", inputs)
+            by_columns = self.client.predict_rest(
+                url, "ctr", inputs, row_format=False
+            )
+            with self.assertRaisesRegex(Exception, "404"):
+                self.client.predict_rest(url, "other", inputs)
+        self.assertAllEqual(self.expected, by_grpc["outputs"])
+        # JSON carries float32 values exactly (shortest repr round trip).
+        self.assertAllEqual(self.expected, np.float32(by_rows))
+        self.assertAllEqual(self.expected, np.float32(by_columns))
 
 
 class EndToEndTest(tf.test.TestCase):

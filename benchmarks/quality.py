@@ -1,0 +1,678 @@
+"""Quality, size and speed of MPE against fp32, uniform and post-training.
+
+On one data set, one split per seed and one backbone, for each seed:
+
+| method        | what it is                                                  |
+|---------------|-------------------------------------------------------------|
+| fp32          | float embedding trained from scratch                        |
+| fp16, int8,   | post-training storage of the fp32 table: fp16, per-row int8 |
+| int4          | and int4 (Keras 3's `Embedding.quantize` in Keras 3 mode;   |
+|               | the same per-row formulas in numpy under tf_keras)          |
+| qat8 .. qat2  | uniform-bit quantization-aware training (LSQ+): the MPE     |
+|               | layer with one candidate, fixed from the first step         |
+| heuristic     | mixed precision without search: bits rise with log group    |
+|               | frequency, to the budget MPE chose at `--budget-penalty`    |
+| control6      | the MPE pipeline (search, rewind, retrain) with one 6-bit   |
+|               | candidate: what the two stages do without mixed precision  |
+| mpe@lambda    | MPE at each bit penalty in `--penalties`                    |
+
+Every model keeps the weights of its best validation epoch (for MPE,
+of the retraining epochs). Printed and written to `--out`: test AUC and
+LogLoss (RMSE for MovieLens) as mean +- std over seeds, payload and real
+compression of the table (real bytes of the converted layer, as exported),
+median train seconds per epoch and predict time, both relative to fp32,
+plus `results.json`, `results.md` and PNG plots.
+
+    python benchmarks/quality.py --data criteo --seeds 3
+    python benchmarks/quality.py --data synthetic --rows 2000000 \
+        --max-cardinality 200000 --seeds 1
+
+`--data criteo|avazu|kdd12|movielens` read the samples in ../shared/data
+(or `--path`); the run stops with a message when they are absent.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import timing  # noqa: E402
+
+import keras_mpe  # noqa: E402
+from keras_mpe import _compat  # noqa: E402
+from keras_mpe import datasets  # noqa: E402
+from keras_mpe import frequency  # noqa: E402
+
+keras = _compat.keras
+tf.get_logger().setLevel("ERROR")
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLES = {
+    "criteo": (datasets.read_criteo, "criteo/criteo_dac_head8000.txt"),
+    "avazu": (datasets.read_avazu, "avazu/avazu_train_head8999.csv"),
+    "kdd12": (datasets.read_kdd12, "kdd12/kdd12_click_prediction_small.csv"),
+    "movielens": (datasets.read_movielens, "movielens/ml-100k"),
+}
+CANDIDATES = (0, 1, 2, 3, 4, 5, 6)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", default="criteo", choices=["synthetic", *SAMPLES]
+    )
+    parser.add_argument("--path", help="file or folder instead of ../shared")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--methods",
+        default="fp32,post,qat,heuristic,control6,mpe",
+        help="comma-separated subset of: fp32 (always run), post, qat, "
+        "heuristic, control6, mpe",
+    )
+    parser.add_argument(
+        "--penalties", default="1e-4,3e-4,1e-3,3e-3", help="MPE lambdas"
+    )
+    parser.add_argument("--budget-penalty", type=float, default=3e-4)
+    parser.add_argument("--qat-bits", default="8,6,4,2")
+    parser.add_argument("--num-groups", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--epochs", type=int, help="fp32 / retrain epochs")
+    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--init-std",
+        type=float,
+        default=0.003,
+        help="table init N(0, std^2) for every method (the reference's)",
+    )
+    parser.add_argument("--mlp", help="hidden units, e.g. 1024,512,256")
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--max-cardinality", type=int, default=200_000)
+    parser.add_argument("--out", help="results folder")
+    args = parser.parse_args()
+    real = args.data != "synthetic"
+    ratings = args.data == "movielens"
+    defaults = {
+        "epochs": 6 if real else 2,
+        "batch_size": 1024 if ratings else (250 if real else 4096),
+        "mlp": "1024,512,256" if real and not ratings else "256,128",
+        "out": f"benchmarks/results/{args.data}",
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.mlp = [int(u) for u in args.mlp.split(",")]
+    args.methods = set(args.methods.split(","))
+    args.penalties = [float(p) for p in args.penalties.split(",")]
+    args.qat_bits = [int(b) for b in args.qat_bits.split(",")]
+    return args
+
+
+# ----------------------------------------------------------------- the data
+@dataclasses.dataclass
+class Data:
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    vocabulary_size: int
+    rating: bool  # regression (RMSE) instead of CTR (AUC, LogLoss)
+
+
+def load_data(args, seed) -> Data:
+    if args.data == "synthetic":
+        held_out = max(args.rows // 10, 1)
+
+        def part(rows, first):
+            return datasets.criteo_like(
+                rows,
+                batch_size=args.batch_size,
+                first_row=first,
+                max_cardinality=args.max_cardinality,
+                seed=seed,
+            ).cache()
+
+        return Data(
+            part(args.rows, 0),
+            part(held_out, args.rows),
+            part(held_out, args.rows + held_out),
+            sum(datasets.field_cardinalities(args.max_cardinality)),
+            rating=False,
+        )
+    reader, relative = SAMPLES[args.data]
+    path = pathlib.Path(args.path) if args.path else SHARED / relative
+    if not path.exists():
+        raise SystemExit(f"{path} is absent: pass --path or --data synthetic")
+    raw = reader(path, seed=seed)
+    if args.data == "movielens":
+        users = raw["vocabulary_sizes"]["user_id"]
+        vocabulary = users + raw["vocabulary_sizes"]["movie_id"]
+        for part in ("train", "val", "test"):
+            features, ratings = raw[part]
+            ids = np.stack(
+                [features["user_id"], features["movie_id"] + users], axis=1
+            )
+            raw[part] = (ids, ratings)
+    else:
+        vocabulary = raw["vocabulary_size"]
+
+    def batches(part, shuffle=False):
+        ids, labels = raw[part]
+        data = tf.data.Dataset.from_tensor_slices(
+            ({"categorical": ids}, labels)
+        )
+        if shuffle:
+            data = data.shuffle(len(ids), seed=seed)
+        return data.batch(args.batch_size).cache()
+
+    return Data(
+        batches("train", shuffle=True),
+        batches("val"),
+        batches("test"),
+        vocabulary,
+        rating=args.data == "movielens",
+    )
+
+
+# ---------------------------------------------------------------- the model
+def backbone(embedding, data, args):
+    """Embeddings (+ log1p numeric) -> MLP with BatchNorm + ReLU -> output."""
+    features = data.train.element_spec[0]
+    fields = features["categorical"].shape[-1]
+    categorical = keras.Input((fields,), dtype="int32", name="categorical")
+    inputs = {"categorical": categorical}
+    x = keras.layers.Flatten()(embedding(categorical))
+    if "numeric" in features:
+        numeric = keras.Input((features["numeric"].shape[-1],), name="numeric")
+        inputs["numeric"] = numeric
+        x = keras.layers.Concatenate()(
+            [x, keras.layers.Lambda(tf.math.log1p)(numeric)]
+        )
+    for units in args.mlp:
+        x = keras.layers.Dense(units)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)  # as PyTorch
+        x = keras.layers.ReLU()(x)
+    activation = None if data.rating else "sigmoid"
+    model = keras.Model(inputs, keras.layers.Dense(1, activation)(x))
+    model.compile(
+        keras.optimizers.Adam(args.learning_rate),
+        "mse" if data.rating else "binary_crossentropy",
+        metrics=[
+            keras.metrics.RootMeanSquaredError(name="rmse")
+            if data.rating
+            else keras.metrics.AUC(name="auc")
+        ],
+    )
+    return model
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the best validation epoch from `start` on, and
+    the wall time of every epoch."""
+
+    def __init__(self, monitor, start=0):
+        super().__init__()
+        self.monitor, self.start = monitor, start
+        self.best, self.weights, self.epoch_seconds = None, None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._started)
+        value = logs[self.monitor]
+        if self.monitor.endswith("rmse"):
+            value = -value
+        if epoch >= self.start and (self.best is None or value > self.best):
+            self.best, self.weights = value, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        self.model.set_weights(self.weights)
+
+
+def fit(model, data, epochs, start=0, callbacks=()):
+    monitor = "val_rmse" if data.rating else "val_auc"
+    best = BestEpoch(monitor, start)
+    model.fit(
+        data.train,
+        validation_data=data.val,
+        epochs=epochs,
+        callbacks=[*callbacks, best],
+        verbose=0,
+    )
+    # The first epoch traces the step function: the median skips it.
+    return statistics.median(best.epoch_seconds[1:] or best.epoch_seconds)
+
+
+def scores(model, data) -> dict:
+    """Test metrics from predictions, the same numpy code for every method."""
+    labels = np.concatenate([y for _, y in data.test.as_numpy_iterator()])
+    predictions = model.predict(data.test, verbose=0).reshape(labels.shape)
+    if data.rating:
+        return {"rmse": float(np.sqrt(np.mean((predictions - labels) ** 2)))}
+    labels, p = labels.ravel(), np.clip(predictions.ravel(), 1e-7, 1 - 1e-7)
+    logloss = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    return {"auc": auc(labels, p), "logloss": float(logloss)}
+
+
+def auc(labels, predictions) -> float:
+    """Area under the ROC curve by the rank-sum formula (ties averaged)."""
+    order = np.argsort(predictions, kind="stable")
+    ranks = np.empty(len(order))
+    sorted_p = predictions[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
+    ends = np.r_[starts[1:], len(order)]
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    rank_sum = ranks[labels == 1].sum()
+    return float(
+        (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def predict_seconds(model, data):
+    batches = [x for x, _ in data.test.take(8)]
+
+    def run():
+        for x in batches:
+            model.predict_on_batch(x)
+
+    return timing.time_call(run, repeats=5)
+
+
+# ------------------------------------------------------------- the methods
+def result(method, model, data, epoch_seconds, rows, dim, **sizes):
+    """One result row: metrics, sizes (payload bits, real bytes), times."""
+    return {
+        "method": method,
+        **scores(model, data),
+        "payload_compression": 32.0 * rows * dim / sizes["payload_bits"],
+        "payload_bits": int(sizes["payload_bits"]),
+        "real_bytes": int(sizes["real_bytes"]),
+        "real_compression": 4.0 * rows * dim / sizes["real_bytes"],
+        "epoch_seconds": epoch_seconds,
+        "predict_seconds": predict_seconds(model, data),
+    }
+
+
+def run_fp32(data, args):
+    model = backbone(
+        keras.layers.Embedding(
+            data.vocabulary_size, args.dim, embeddings_initializer=init(args)
+        ),
+        data,
+        args,
+    )
+    seconds = fit(model, data, args.epochs)
+    rows, dim = data.vocabulary_size, args.dim
+    out = [
+        result(
+            "fp32", model, data, seconds, rows, dim,
+            payload_bits=32 * rows * dim, real_bytes=4 * rows * dim,
+        )
+    ]  # fmt: skip
+    return model, out
+
+
+def post_training(fp32_model, data, args, fp32_seconds):
+    """fp16, int8 and int4 storage of the trained fp32 table."""
+    table_layer = next(
+        layer
+        for layer in fp32_model.layers
+        if isinstance(layer, keras.layers.Embedding)
+    )
+    table = table_layer.get_weights()[0]
+    rows, dim = table.shape
+    out = []
+    for name, bits in (("fp16", 16), ("int8", 8), ("int4", 4)):
+        model = keras.models.clone_model(fp32_model)
+        model.set_weights(fp32_model.get_weights())
+        layer = model.get_layer(table_layer.name)
+        if bits == 16:
+            layer.set_weights([table.astype(np.float16).astype(np.float32)])
+            real = 2 * rows * dim
+        elif _compat.IS_KERAS_3:
+            layer.quantize(name)  # Keras' own per-row quantization
+            real = sum(int(np.prod(w.shape)) * _itemsize(w)
+                       for w in layer.weights)  # fmt: skip
+        else:
+            layer.set_weights([per_row_round_trip(table, bits)])
+            real = rows * dim * bits // 8 + rows * (4 if bits == 8 else 5)
+        out.append(
+            result(
+                name, model, data, fp32_seconds, rows, dim,
+                payload_bits=bits * rows * dim, real_bytes=real,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _itemsize(weight):
+    return np.dtype(_compat.keras.backend.standardize_dtype(weight.dtype)
+                    ).itemsize  # fmt: skip
+
+
+def per_row_round_trip(table, bits):
+    """Per-row quantize-dequantize as Keras 3 does it: int8 symmetric
+    (abs max / 127), int4 asymmetric (min..max over 0..15)."""
+    if bits == 8:
+        scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        return np.round(table / scale).clip(-127, 127) * scale
+    low = table.min(axis=1, keepdims=True)
+    scale = (table.max(axis=1, keepdims=True) - low) / 15.0
+    scale[scale == 0] = 1.0
+    return np.round((table - low) / scale).clip(0, 15) * scale + low
+
+
+def mpe_layer(data, args, candidates=CANDIDATES, penalty=0.0):
+    return keras_mpe.MixedPrecisionEmbedding(
+        data.vocabulary_size,
+        args.dim,
+        bit_candidates=candidates,
+        num_groups=args.num_groups,
+        bit_penalty=penalty,
+        embeddings_initializer=init(args),
+    )
+
+
+def init(args):
+    return keras.initializers.RandomNormal(stddev=args.init_std)
+
+
+def served(method, model, data, seconds, extra=None):
+    """Converts `model` and reports the converted table's real size."""
+    serving_model = keras_mpe.convert(model)
+    (table,) = keras_mpe.compression_report(serving_model).layers
+    layer = next(
+        x for x in model.layers
+        if isinstance(x, keras_mpe.MixedPrecisionEmbedding)
+    )  # fmt: skip
+    groups = layer.bits_per_group()
+    row = result(
+        method, serving_model, data, seconds, table.rows, table.dim,
+        payload_bits=table.payload_bits, real_bytes=table.real_bytes,
+    )  # fmt: skip
+    row["average_bits"] = layer.average_bits()
+    row["group_bits"] = groups["bits"].tolist()
+    row["group_frequency"] = (
+        groups["count"] / np.maximum(groups["rows"], 1)
+    ).tolist()
+    row.update(extra or {})
+    return row
+
+
+def run_fixed(method, bits_for, data, args, candidates):
+    """Trains from scratch at fixed bits: `bits_for(layer)` per group."""
+    layer = mpe_layer(data, args, candidates)
+    model = backbone(layer, data, args)
+    (counts,) = frequency.count_ids(model, [layer], data.train)
+    layer.set_frequencies(counts)
+    layer.initialize_step_sizes()
+    layer.set_bits(bits_for(layer))
+    seconds = fit(model, data, args.epochs)
+    return served(method, model, data, seconds)
+
+
+def run_pipeline(method, data, args, candidates, penalty):
+    """Search + select + rewind + retrain with MPECallback."""
+    layer = mpe_layer(data, args, candidates, penalty)
+    model = backbone(layer, data, args)
+    monitor = "val_rmse" if data.rating else "val_auc"
+    callback = keras_mpe.MPECallback(
+        frequency_data=data.train,
+        search_epochs=args.search_epochs,
+        monitor=monitor,
+        mode="min" if data.rating else "max",
+        verbose=0,
+    )
+    total = args.search_epochs + args.epochs
+    monitor_start = args.search_epochs
+    best = BestEpoch(monitor, monitor_start)
+    model.fit(
+        data.train,
+        validation_data=data.val,
+        epochs=total,
+        callbacks=[callback, best],
+        verbose=0,
+    )
+    seconds = best.epoch_seconds
+    return served(
+        method,
+        model,
+        data,
+        statistics.median(seconds[1:]),
+        {
+            "search_epoch_seconds": statistics.median(
+                seconds[1 : args.search_epochs]
+            ),
+            "retrain_epoch_seconds": statistics.median(
+                seconds[args.search_epochs + 1 :] or seconds[-1:]
+            ),
+        },
+    )
+
+
+def bits_by_frequency(group_frequency, group_rows, candidates, budget):
+    """Bits rising with log2 group frequency, at most `budget` bits per row.
+
+    b_g = the candidate nearest to clip(a + log2 f_g); `a` is the largest
+    shift (found by bisection) whose row-weighted average fits the budget.
+    """
+    candidates = np.asarray(candidates)
+    log_f = np.log2(np.maximum(group_frequency, 1e-9))
+
+    def assign(a):
+        wanted = np.clip(a + log_f, candidates.min(), candidates.max())
+        nearest = np.abs(wanted[:, None] - candidates[None, :]).argmin(1)
+        return candidates[nearest]
+
+    def average(bits):
+        return np.dot(bits, group_rows) / group_rows.sum()
+
+    low, high = -60.0, 60.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if average(assign(middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    return assign(low)
+
+
+def run_seed(data, args, seed):
+    rows = []
+    keras.utils.set_random_seed(seed)
+    fp32_model, fp32_rows = run_fp32(data, args)
+    rows += fp32_rows
+    if "post" in args.methods:
+        rows += post_training(
+            fp32_model, data, args, fp32_rows[0]["epoch_seconds"]
+        )
+    if "qat" in args.methods:
+        for bits in args.qat_bits:
+            keras.utils.set_random_seed(seed)
+            rows.append(
+                run_fixed(
+                    f"qat{bits}",
+                    lambda layer, b=bits: np.full(layer.num_groups, b),
+                    data, args, (bits,),
+                )
+            )  # fmt: skip
+    if "control6" in args.methods:
+        keras.utils.set_random_seed(seed)
+        rows.append(run_pipeline("control6", data, args, (6,), 0.0))
+    budget = None
+    if "mpe" in args.methods:
+        for penalty in args.penalties:
+            keras.utils.set_random_seed(seed)
+            row = run_pipeline(
+                f"mpe@{penalty:g}", data, args, CANDIDATES, penalty
+            )
+            row["penalty"] = penalty
+            rows.append(row)
+            if penalty == args.budget_penalty:
+                budget = row["average_bits"]
+    if "heuristic" in args.methods and budget is not None:
+        keras.utils.set_random_seed(seed)
+
+        def heuristic_bits(layer):
+            groups = layer.bits_per_group()
+            frequency_ = groups["count"] / np.maximum(groups["rows"], 1)
+            return bits_by_frequency(
+                frequency_, groups["rows"], CANDIDATES, budget
+            )
+
+        rows.append(
+            run_fixed("heuristic", heuristic_bits, data, args, CANDIDATES)
+        )
+    fp32_epoch = fp32_rows[0]["epoch_seconds"]
+    fp32_predict = fp32_rows[0]["predict_seconds"]
+    for row in rows:
+        row["seed"] = seed
+        row["train_time_vs_fp32"] = row["epoch_seconds"] / fp32_epoch
+        row["predict_time_vs_fp32"] = row["predict_seconds"] / fp32_predict
+        print(_one_line(row), flush=True)
+    return rows
+
+
+def _one_line(row):
+    metric = " ".join(
+        f"{k} {row[k]:.4f}" for k in ("auc", "logloss", "rmse") if k in row
+    )
+    return (
+        f"seed {row['seed']} {row['method']:>12}: {metric}  payload "
+        f"{row['payload_compression']:.1f}x real {row['real_compression']:.1f}x"
+        f"  train {row['train_time_vs_fp32']:.2f}x predict "
+        f"{row['predict_time_vs_fp32']:.2f}x"
+    )
+
+
+# ---------------------------------------------------------------- summaries
+def summarize(rows, metrics):
+    """Mean and std over seeds per method, in the order methods first ran."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    columns = [
+        *metrics, "payload_compression", "real_compression",
+        "train_time_vs_fp32", "predict_time_vs_fp32",
+    ]  # fmt: skip
+    summary = []
+    for method in methods:
+        runs = [r for r in rows if r["method"] == method]
+        entry = {"method": method, "seeds": len(runs)}
+        for column in columns:
+            values = np.array([r[column] for r in runs], np.float64)
+            entry[column] = (float(values.mean()), float(values.std()))
+        summary.append(entry)
+    return summary
+
+
+def markdown(summary, metrics, header):
+    titles = [
+        "method", "seeds", *metrics, "payload x", "real x",
+        "train time / fp32", "predict time / fp32",
+    ]  # fmt: skip
+    lines = [header, "", "| " + " | ".join(titles) + " |"]
+    lines.append("|" + "---|" * len(titles))
+    for entry in summary:
+        cells = [entry["method"], str(entry["seeds"])]
+        for metric in metrics:
+            mean, std = entry[metric]
+            cells.append(f"{mean:.4f} +- {std:.4f}")
+        cells += [
+            f"{entry['payload_compression'][0]:.1f}",
+            f"{entry['real_compression'][0]:.1f}",
+            f"{entry['train_time_vs_fp32'][0]:.2f}",
+            f"{entry['predict_time_vs_fp32'][0]:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, rows, metric, out):
+    """metric vs payload compression; bits per group vs group frequency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(7, 4.5))
+    for entry in summary:
+        mean, std = entry[metric]
+        axis.errorbar(
+            entry["payload_compression"][0], mean, yerr=std, fmt="o",
+            capsize=3, label=entry["method"],
+        )  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("payload compression (x, log scale)")
+    axis.set_ylabel(f"test {metric} (mean +- std over seeds)")
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / f"{metric}_vs_compression.png", dpi=120)
+
+    figure, axis = pyplot.subplots(figsize=(7, 4.5))
+    first_seed = min(r["seed"] for r in rows)
+    for row in rows:
+        if row["seed"] == first_seed and row["method"].startswith("mpe"):
+            axis.plot(
+                np.maximum(row["group_frequency"], 1e-3), row["group_bits"],
+                "o-", markersize=3, label=row["method"],
+            )  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("mean lookups per row in the group (log scale)")
+    axis.set_ylabel("chosen bits")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "bits_per_group.png", dpi=120)
+    pyplot.close("all")
+
+
+def main():
+    args = parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.time()
+    for seed in range(args.seeds):
+        data = load_data(args, seed)
+        if seed == 0:
+            print(
+                f"{args.data}: vocabulary {data.vocabulary_size} ids, dim "
+                f"{args.dim}, MLP {args.mlp}, Keras "
+                f"{'3' if _compat.IS_KERAS_3 else '2 (tf_keras)'}"
+            )
+        rows += run_seed(data, args, seed)
+    metrics = ["rmse"] if args.data == "movielens" else ["auc", "logloss"]
+    summary = summarize(rows, metrics)
+    settings = {k: sorted(v) if isinstance(v, set) else v
+                for k, v in vars(args).items()}  # fmt: skip
+    header = (
+        f"### {args.data}: {args.seeds} seeds, "
+        f"{(time.time() - started) / 60:.0f} min\n\n"
+        f"Settings: `{json.dumps(settings)}`"
+    )
+    table = markdown(summary, metrics, header)
+    print("\n" + table)
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(
+        json.dumps({"settings": settings, "runs": rows}, indent=1)
+    )
+    plot(summary, rows, metrics[0], out)
+    print(f"written to {out}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""A TensorFlow Recommenders ranking model on MovieLens 100K with MPE.
+
+User and movie ids go through MixedPrecisionEmbedding tables inside a
+`tfrs.models.Model`; `model.fit` with `MPECallback` searches and retrains,
+then the model is converted to packed tables and exported for TF Serving.
+Prints test RMSE of float embeddings vs MPE, and the compression report.
+
+TFRS needs Keras 2 (tf_keras): this script sets TF_USE_LEGACY_KERAS=1.
+
+    python examples/tfrs_movielens.py --data ../shared/data/movielens/ml-100k
+
+`--data` is the ml-100k folder holding u.data (from
+https://grouplens.org/datasets/movielens/100k/).
+"""
+
+import argparse
+import os
+import pathlib
+import tempfile
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+import keras_mpe  # noqa: E402
+from keras_mpe import _compat  # noqa: E402
+from keras_mpe import datasets  # noqa: E402
+
+keras = _compat.keras
+DEFAULT_DATA = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "shared/data/movielens/ml-100k"
+)
+FEATURES = ("user_id", "movie_id")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="fp32/retrain")
+    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--num-groups", type=int, default=32)
+    parser.add_argument("--bit-penalty", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--export-dir",
+        default=os.path.join(
+            tempfile.gettempdir(), "keras_mpe", "movielens_ranking", "1"
+        ),
+    )
+    return parser.parse_args()
+
+
+class RankingModel(tfrs.models.Model):
+    """Rating = MLP(concat(user embedding, movie embedding))."""
+
+    def __init__(self, make_embedding, vocabulary_sizes):
+        super().__init__()
+        self.user_embedding = make_embedding(vocabulary_sizes["user_id"])
+        self.movie_embedding = make_embedding(vocabulary_sizes["movie_id"])
+        self.ratings = keras.Sequential(
+            [
+                keras.layers.Dense(256, activation="relu"),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(1),
+            ]
+        )
+        self.task = tfrs.tasks.Ranking(
+            loss=keras.losses.MeanSquaredError(),
+            metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+        )
+
+    def call(self, features):
+        return self.ratings(
+            tf.concat(
+                [self.user_embedding(features["user_id"]),
+                 self.movie_embedding(features["movie_id"])],
+                axis=1,
+            )
+        )  # fmt: skip
+
+    def compute_loss(self, features, training=False):
+        return self.task(labels=features["rating"], predictions=self(features))
+
+
+def load(args):
+    if not (pathlib.Path(args.data) / "u.data").exists():
+        raise SystemExit(
+            f"--data {args.data}: no u.data there. Download ml-100k from "
+            "https://grouplens.org/datasets/movielens/100k/ and pass its "
+            "folder."
+        )
+    raw = datasets.read_movielens(args.data, seed=args.seed)
+
+    def batches(part):
+        features, ratings = raw[part]
+        columns = {**features, "rating": ratings[:, 0]}
+        return (
+            tf.data.Dataset.from_tensor_slices(columns)
+            .batch(args.batch_size)
+            .cache()
+        )
+
+    return (
+        {part: batches(part) for part in ("train", "val", "test")},
+        raw["vocabulary_sizes"],
+    )
+
+
+def train(model, data, args, epochs, callbacks=()):
+    keras.utils.set_random_seed(args.seed)
+    model.compile(keras.optimizers.Adam(args.learning_rate))
+    model.fit(
+        data["train"],
+        validation_data=data["val"],
+        epochs=epochs,
+        callbacks=list(callbacks),
+        verbose=2,
+    )
+    return model.evaluate(data["test"], return_dict=True, verbose=0)["rmse"]
+
+
+def main():
+    args = parse_args()
+    if _compat.IS_KERAS_3:
+        raise SystemExit("TFRS needs TF_USE_LEGACY_KERAS=1 (tf_keras).")
+    data, sizes = load(args)
+    print(f"vocabulary sizes: {sizes}, embedding dim {args.dim}")
+
+    print("\n== fp32 embeddings ==")
+    keras.utils.set_random_seed(args.seed)
+    fp32 = RankingModel(lambda n: keras.layers.Embedding(n, args.dim), sizes)
+    fp32_rmse = train(fp32, data, args, args.epochs)
+
+    print("\n== Mixed-Precision Embeddings ==")
+    keras.utils.set_random_seed(args.seed)
+    model = RankingModel(
+        lambda n: keras_mpe.MixedPrecisionEmbedding(
+            n,
+            args.dim,
+            num_groups=args.num_groups,
+            bit_penalty=args.bit_penalty,
+        ),
+        sizes,
+    )
+    callback = keras_mpe.MPECallback(
+        frequency_data=data["train"],
+        search_epochs=args.search_epochs,
+        monitor="val_rmse",
+        mode="min",
+    )
+    mpe_rmse = train(
+        model, data, args, args.search_epochs + args.epochs, [callback]
+    )
+
+    print("\n== convert, report, export ==")
+    serving_model = keras_mpe.convert(model)  # TFRS models: in place
+    print(keras_mpe.compression_report(serving_model))
+    signature = {
+        name: tf.TensorSpec([None], tf.int32, name=name) for name in FEATURES
+    }
+    path = keras_mpe.export_saved_model(
+        serving_model, args.export_dir, signature=signature, overwrite=True
+    )
+    served_rmse = serving_model.evaluate(
+        data["test"], return_dict=True, verbose=0
+    )["rmse"]
+    print(f"SavedModel written to {path}")
+
+    print("\n== test RMSE ==")
+    print(f"fp32           : {fp32_rmse:.4f}")
+    print(
+        f"MPE (retrained): {mpe_rmse:.4f} ({mpe_rmse / fp32_rmse - 1:+.2%}) "
+        f"at {callback.average_bits():.2f} bits per element, "
+        f"{32 / callback.average_bits():.1f}x payload compression"
+    )
+    print(f"MPE (converted): {served_rmse:.4f}")
+
+
+if __name__ == "__main__":
+    main()
