@@ -164,12 +164,15 @@ def _criteo_numeric_token(value: str) -> str:
     return str(number)
 
 
-def _encode_fields(tokens, labels, min_count, train_fraction, seed) -> dict:
-    """Splits rows at random and maps each field's tokens to global ids.
+def _encode_fields(
+    tokens, labels, min_count, train_fraction, seed, shared=True
+) -> dict:
+    """Splits rows at random and maps each (field, token) to an id.
 
-    Within a field, the OOV id comes first, then the tokens seen at least
-    `min_count` times in the training rows, most frequent first; field f's
-    ids start at `offsets[f]`.
+    A field's tokens seen fewer than `min_count` times in the training rows
+    share the field's OOV token. Ids rank tokens by training count, most
+    frequent first (ties by field, then OOV, then token), over all fields
+    together when `shared` (one table), else within each field.
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(
@@ -181,34 +184,50 @@ def _encode_fields(tokens, labels, min_count, train_fraction, seed) -> dict:
             "`min_count` must be a positive integer. "
             f"Received: min_count={min_count}"
         )
-    tokens = np.asarray(tokens, dtype=object)
+    tokens = np.asarray(tokens, dtype=str)
     order = np.random.default_rng(seed).permutation(len(tokens))
     cut = int(len(tokens) * train_fraction)
     val_cut = cut + (len(tokens) - cut) // 2
-    ids = np.zeros(tokens.shape, np.int32)
-    offsets = []
-    offset = 0
+    entries = []  # (-count, field, is_token, token) per vocabulary entry
     for field in range(tokens.shape[1]):
         values, counts = np.unique(
-            tokens[order[:cut], field].astype(str), return_counts=True
+            tokens[order[:cut], field], return_counts=True
         )
-        kept = [
-            v
-            for c, v in sorted(zip(-counts, values, strict=True))
-            if -c >= min_count
+        rare = counts < min_count
+        entries.append((-int(counts[rare].sum()), field, 0, ""))  # OOV
+        entries += [
+            (-int(c), field, 1, v)
+            for v, c in zip(values[~rare], counts[~rare], strict=True)
         ]
-        index = {value: offset + 1 + rank for rank, value in enumerate(kept)}
-        ids[:, field] = [index.get(str(v), offset) for v in tokens[:, field]]
-        offsets.append(offset)
-        offset += len(kept) + 1
+    entries.sort()
+    next_id = {}
+    index = {}
+    for _, field, is_token, token in entries:
+        key = None if shared else field  # one id space, or one per field
+        rank = next_id.get(key, 0)
+        next_id[key] = rank + 1
+        index[(field, is_token, token)] = rank
+    ids = np.zeros(tokens.shape, np.int32)
+    for field in range(tokens.shape[1]):
+        oov = index[(field, 0, "")]
+        ids[:, field] = [
+            index.get((field, 1, token), oov) for token in tokens[:, field]
+        ]
     parts = {
         "train": order[:cut],
         "val": order[cut:val_cut],
         "test": order[val_cut:],
     }
     result = {name: (ids[p], labels[p]) for name, p in parts.items()}
-    result["vocabulary_size"] = offset
-    result["field_offsets"] = np.asarray(offsets, np.int64)
+    if shared:
+        result["vocabulary_size"] = len(index)
+    else:
+        result["vocabulary_sizes"] = [
+            next_id[f] for f in range(tokens.shape[1])
+        ]
+    result["oov_ids"] = np.array(
+        [index[(f, 0, "")] for f in range(tokens.shape[1])], np.int32
+    )
     return result
 
 
@@ -232,10 +251,12 @@ _SPLIT_ARGS = """
 
     Returns:
         A dict with "train", "val", "test": `(ids int32 (rows, fields),
-        labels float32 (rows, 1))`, "vocabulary_size" and
-        "field_offsets" (the first id of each field). Within a field the
-        OOV id comes first, then the values by training frequency, most
-        frequent first: the vocabulary is frequency ordered.
+        labels float32 (rows, 1))`, "vocabulary_size" (one table shared
+        by all fields) and "oov_ids" (each field's out-of-vocabulary id).
+        Ids are frequency ordered: id 0 is the (field, value) seen most
+        often in the training rows, as in the vocabulary of an adapted
+        StringLookup, which is what gives packed tables their compact
+        index (see `keras_mpe.FixedBitEmbedding`).
 """
 
 
@@ -323,8 +344,8 @@ def read_movielens(
         A dict with "train", "val", "test": `({"user_id": int32 (rows,),
         "movie_id": int32 (rows,)}, ratings float32 (rows, 1))` and
         "vocabulary_sizes" `{"user_id": n, "movie_id": m}`. Ids are
-        frequency ordered per field (0 is the OOV id: users or movies
-        not rated in the training rows).
+        frequency ordered per field (id 0 the most rated); the OOV id,
+        for users or movies absent from the training rows, comes last.
     """
     path = os.path.join(directory, "u.data")
     with open(path) as handle:
@@ -332,25 +353,16 @@ def read_movielens(
     _checked_rows(path, rows, 4, "a MovieLens u.data file")
     ratings = np.array([[float(row[2])] for row in rows], np.float32)
     encoded = _encode_fields(
-        [row[:2] for row in rows], ratings, 1, train_fraction, seed
+        [row[:2] for row in rows], ratings, 1, train_fraction, seed, False
     )
-    offsets = encoded["field_offsets"]
     names = ("user_id", "movie_id")
     result = {
-        "vocabulary_sizes": {
-            name: int(size)
-            for name, size in zip(
-                names,
-                np.diff(np.append(offsets, encoded["vocabulary_size"])),
-                strict=True,
-            )
-        }
+        "vocabulary_sizes": dict(
+            zip(names, encoded["vocabulary_sizes"], strict=True)
+        )
     }
     for part in ("train", "val", "test"):
         ids, labels = encoded[part]
-        local = ids - offsets.astype(np.int32)
-        result[part] = (
-            {name: local[:, i] for i, name in enumerate(names)},
-            labels,
-        )
+        features = {name: ids[:, i] for i, name in enumerate(names)}
+        result[part] = (features, labels)
     return result

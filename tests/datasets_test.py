@@ -80,32 +80,40 @@ def test_read_criteo_buckets_numbers_and_keeps_fields_apart(tmp_path):
     for part in ("train", "val", "test"):
         part_ids, labels = data[part]
         ids[labels[:, 0].astype(int)] = part_ids
-    offsets = data["field_offsets"]
     for field, values in ((0, i1), (13, c1)):
-        column = ids[:, field]
-        assert (column >= offsets[field]).all()
-        assert (column < offsets[field + 1]).all()
         for value in set(values):
-            same = column[[v == value for v in values]]
+            same = ids[[v == value for v in values], field]
             assert len(set(same.tolist())) == 1, (field, value)
-    # The last field holds only "" (a token like any other) after its OOV.
-    assert data["vocabulary_size"] == offsets[-1] + 2
+    # Fields never share an id: 37 empty fields give 37 "" ids; each
+    # field also has an OOV id.
+    fields_of_id = {}
+    for field in range(39):
+        for i in ids[:, field]:
+            fields_of_id.setdefault(int(i), set()).add(field)
+    assert all(len(f) == 1 for f in fields_of_id.values())
+    assert len(set(data["oov_ids"].tolist())) == 39
     assert datasets._criteo_numeric_token("100") == "21"  # ln(100)^2=21.2
     assert datasets._criteo_numeric_token("5") == "2"  # ln(5)^2 = 2.59
     assert datasets._criteo_numeric_token("2") == "2"
     assert datasets._criteo_numeric_token("") == ""
 
 
-def test_encode_fields_oov_and_frequency_order():
-    tokens = [["x"]] * 5 + [["y"]] * 3 + [["z"]] * 1 + [["w"]]
+def test_encode_fields_ranks_tokens_by_training_count():
+    # Field 0: x x5, y x3, z x1, w x1 (z, w rare); field 1: "k" x10.
+    tokens = [[t, "k"] for t in ["x"] * 5 + ["y"] * 3 + ["z", "w"]]
     labels = np.arange(10, dtype=np.float32)[:, None]
     data = datasets._encode_fields(tokens, labels, 2, 0.99, seed=0)
     ids, rows = data["train"]
-    # Nine training rows: x (5) -> 1, y (3) -> 2, z/w (< 2 times) -> OOV 0.
-    expected = {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 0, 9: 0}
-    for row_id, label in zip(ids[:, 0], rows[:, 0], strict=True):
-        assert row_id == expected[int(label)]
-    assert data["vocabulary_size"] == 3
+    # Nine training rows; counts: k 9, x 5, y 3, field 0's OOV 1 (z or
+    # w), field 1's OOV 0 -> ids 0..4 in that order.
+    by_row = {int(r[0]): i.tolist() for r, i in zip(rows, ids, strict=True)}
+    assert by_row[0] == [1, 0] and by_row[5] == [2, 0]
+    assert data["oov_ids"].tolist() == [3, 4]
+    assert by_row[8] == [3, 0] or by_row[9] == [3, 0]
+    assert data["vocabulary_size"] == 5
+    per_field = datasets._encode_fields(tokens, labels, 2, 0.99, 0, False)
+    assert per_field["vocabulary_sizes"] == [3, 2]
+    assert per_field["oov_ids"].tolist() == [2, 1]
 
 
 @pytest.mark.parametrize(
@@ -151,14 +159,11 @@ def test_readers_on_the_shared_samples(reader, parts, fields, rows):
     total = sum(data[p][0].shape[0] for p in ("train", "val", "test"))
     assert total == rows
     assert set(np.unique(train_labels)) == {0.0, 1.0}
-    # Frequency ordered: in every field, id offset+1 (the most frequent
-    # kept value) is looked up at least as often as offset+2.
+    # Frequency ordered over the shared table: training lookups per id
+    # never rise with the id.
     counts = np.bincount(train_ids.ravel(), minlength=data["vocabulary_size"])
-    offsets = data["field_offsets"]
-    sizes = np.diff(np.append(offsets, data["vocabulary_size"]))
-    for offset, size in zip(offsets, sizes, strict=True):
-        kept = counts[offset + 1 : offset + size]
-        assert (np.diff(kept) <= 0).all()
+    assert (np.diff(counts) <= 0).all()
+    assert train_ids.max() < data["vocabulary_size"]
 
 
 def test_read_movielens_on_the_shared_sample():
@@ -171,3 +176,5 @@ def test_read_movielens_on_the_shared_sample():
     assert sizes["user_id"] == 944  # 943 users + OOV
     for name, size in sizes.items():
         assert 0 <= features[name].min() and features[name].max() < size
+        counts = np.bincount(features[name], minlength=size)
+        assert (np.diff(counts) <= 0).all()  # frequency ordered per field

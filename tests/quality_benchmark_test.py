@@ -1,0 +1,87 @@
+"""The math inside benchmarks/quality.py: AUC, the heuristic's budget,
+the post-training per-row round trip, the summaries."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from keras_mpe import _compat
+
+BENCHMARKS = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "benchmarks"
+)
+sys.path.insert(0, BENCHMARKS)
+import quality  # noqa: E402
+
+sys.path.remove(BENCHMARKS)
+
+
+def test_auc_golden_values():
+    labels = np.array([0, 0, 1, 1], np.float64)
+    # Pairs (positive, negative) ranked right: 3 of 4 -> 0.75.
+    assert quality.auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    # Ties count one half: (0.5 + 1 + 1 + 1) / 4.
+    assert quality.auc(labels, np.array([0.1, 0.5, 0.5, 0.8])) == 0.875
+    rng = np.random.default_rng(0)
+    scores = rng.random(500)
+    labels = (rng.random(500) < scores).astype(np.float64)
+    pairs = scores[labels == 1][:, None] > scores[labels == 0][None, :]
+    assert quality.auc(labels, scores) == pytest.approx(pairs.mean())
+
+
+def test_bits_by_frequency_fits_the_budget_and_rises_with_frequency():
+    frequency = np.array([0.0, 0.5, 1, 2, 4, 8, 16, 32, 64, 1000])
+    rows = np.array([50, 20, 10, 8, 5, 3, 2, 1, 1, 1])
+    for budget in (0.5, 1.0, 2.0, 2.9):
+        bits = quality.bits_by_frequency(
+            frequency, rows, quality.CANDIDATES, budget
+        )
+        average = np.dot(bits, rows) / rows.sum()
+        assert average <= budget
+        assert average > budget - 0.5  # uses most of the budget
+        assert bits[0] == 0  # never looked up
+        assert (np.diff(bits) >= 0).all()
+        assert set(bits) <= set(quality.CANDIDATES)
+    assert bits[-1] == 6
+
+
+def test_per_row_round_trip_matches_keras_quantize():
+    table = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
+    table[3] = 0.0  # an all-zero row keeps its zeros
+    for bits in (8, 4):
+        restored = quality.per_row_round_trip(table, bits)
+        np.testing.assert_array_equal(restored[3], 0.0)
+        levels = 2**bits - 1
+        span = table.max(1, keepdims=True) - table.min(1, keepdims=True)
+        assert np.abs(restored - table).max() <= (span / levels).max()
+    if _compat.IS_KERAS_3:
+        keras = _compat.keras
+        layer = keras.layers.Embedding(50, 16)
+        layer.build((None,))
+        layer.set_weights([table])
+        layer.quantize("int8")
+        ids = np.arange(50)
+        np.testing.assert_allclose(
+            quality.per_row_round_trip(table, 8),
+            np.asarray(layer(ids)),
+            atol=1e-6,
+        )
+
+
+def test_summarize_and_markdown():
+    rows = [
+        {
+            "method": m, "auc": a, "logloss": 0.5, "payload_compression": c,
+            "real_compression": c, "train_time_vs_fp32": 1.0,
+            "predict_time_vs_fp32": 1.0,
+        }
+        for m, a, c in (("fp32", 0.7, 1), ("mpe", 0.72, 30), ("mpe", 0.74, 34))
+    ]  # fmt: skip
+    summary = quality.summarize(rows, ["auc", "logloss"])
+    assert [e["method"] for e in summary] == ["fp32", "mpe"]
+    assert summary[1]["auc"] == pytest.approx((0.73, 0.01))
+    assert summary[1]["payload_compression"][0] == 32
+    table = quality.markdown(summary, ["auc", "logloss"], "### t")
+    assert "| mpe | 2 | 0.7300 +- 0.0100 | 0.5000 +- 0.0000 | 32.0 |" in table
