@@ -10,24 +10,37 @@ with b the row's bit-width, lo_b = -2^(b-1), step_b = |alpha_b| + 1e-10 and
 beta the offset, exactly the FIXED-phase fake quantization, so outputs are
 equal to the bit.
 
-Rows are addressed through segments: maximal runs of consecutive ids at
-the same bit-width, stored one after another. When the vocabulary is
-frequency ordered (as an adapted StringLookup / IntegerLookup vocabulary
-is), each frequency group is one id range, so there are at most as many
-segments as groups and the metadata is a few bytes per group. Any other id
-order still works, at the cost of more segments (up to one per row).
+Two indexes find a row's bytes; conversion keeps the smaller one.
 
-Variables:
+- "segments": maximal runs of consecutive ids at the same bit-width, rows
+  stored in id order. When the vocabulary is frequency ordered (as an
+  adapted StringLookup / IntegerLookup vocabulary is), each frequency
+  group is one id range: at most one segment per group, 16 bytes each.
+- "ranks", for any other id order: rows stored class by class (a class is
+  one bit-width, pruned included), each row's class as a k-bit code,
+  k = ceil(log2(classes)), in k bit-planes of 64-bit words, plus per block
+  of 2048 rows each class's row count before the block. A row's slot in
+  its class is that count plus a popcount over its block's words. Cost:
+  k bits per row plus 32 x classes bits per 2048 rows (0.11 bits per row
+  for 7 classes).
+
+Variables (C classes, P = max(1, k) planes, B = ceil(rows / 2048)):
 
 | variable       | shape          | dtype   | role                          |
 |----------------|----------------|---------|-------------------------------|
 | packed_codes   | (bytes,)       | uint8   | all rows' codes, row by row   |
-| segment_starts | (segments,)    | int32   | first id of each segment      |
-| segment_bits   | (segments,)    | int32   | bit-width of its rows         |
-| segment_bytes  | (segments,)    | int64   | byte offset of its first row  |
 | step_sizes     | (8,)           | float32 | step_b for b = 1..8           |
 | offset         | (dim,)         | float32 | beta                          |
+| segment_starts | (segments,)    | int32   | "segments": first id of each  |
+| segment_bits   | (segments,)    | int32   | "segments": its bit-width     |
+| segment_bytes  | (segments,)    | int64   | "segments": its first byte    |
+| class_planes   | (P, 32 B)      | int64   | "ranks": class code bit-planes|
+| block_counts   | (B, C)         | int32   | "ranks": rows per class before|
+| class_bits     | (C,)           | int32   | "ranks": bit-width of a class |
+| class_bytes    | (C,)           | int64   | "ranks": first byte of a class|
 """
+
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +52,9 @@ from keras_mpe.embedding import MAX_BITS
 from keras_mpe.embedding import Phase
 
 keras = _compat.keras
+INDEXES = ("segments", "ranks")
+WORDS_PER_BLOCK = 32
+ROWS_PER_BLOCK = 64 * WORDS_PER_BLOCK
 
 
 def _segments(row_bits):
@@ -46,6 +62,29 @@ def _segments(row_bits):
     change = np.flatnonzero(np.diff(row_bits)) + 1
     starts = np.concatenate([[0], change]).astype(np.int64)
     return starts, row_bits[starts]
+
+
+def _num_planes(num_classes) -> int:
+    return max(1, math.ceil(math.log2(max(num_classes, 1))))
+
+
+def _rank_index_bytes(rows, num_classes) -> int:
+    blocks = -(-rows // ROWS_PER_BLOCK)
+    planes = _num_planes(num_classes)
+    return (
+        8 * planes * WORDS_PER_BLOCK * blocks
+        + 4 * blocks * num_classes
+        + 12 * num_classes
+    )
+
+
+def _class_planes(codes, planes, words) -> np.ndarray:
+    """Bit j of each row's class code, 64 rows per little-endian word."""
+    bits = (codes[None, :] >> np.arange(planes)[:, None]) & 1
+    padded = np.zeros((planes, words * 64), np.uint8)
+    padded[:, : codes.size] = bits
+    packed = np.packbits(padded, axis=1, bitorder="little")
+    return packed.view("<u8").astype(np.uint64).view(np.int64)
 
 
 @_compat.register_serializable
@@ -65,8 +104,11 @@ class FixedBitEmbedding(keras.layers.Layer):
     Args:
         input_dim: Integer. Size of the vocabulary.
         output_dim: Integer. Width of each row.
-        num_segments: Integer. Runs of consecutive ids at one bit-width.
         num_bytes: Integer. Size of the packed code buffer.
+        index: "segments" or "ranks" (see the module docstring).
+        num_segments: Integer. Runs of consecutive ids at one bit-width
+            ("segments" index).
+        num_classes: Integer. Distinct bit-widths ("ranks" index).
         groups: Dict of per-group lists ("bits", "rows", "count") from the
             search, for reports; not used by the lookup, not a variable.
         **kwargs: Base layer keyword arguments.
@@ -87,16 +129,24 @@ class FixedBitEmbedding(keras.layers.Layer):
         self,
         input_dim,
         output_dim,
-        num_segments,
         num_bytes,
+        index="segments",
+        num_segments=0,
+        num_classes=0,
         groups=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if index not in INDEXES:
+            raise ValueError(
+                f"`index` must be one of {INDEXES}. Received: index={index!r}"
+            )
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
-        self.num_segments = int(num_segments)
         self.num_bytes = int(num_bytes)
+        self.index = index
+        self.num_segments = int(num_segments)
+        self.num_classes = int(num_classes)
         self.groups = groups
         self.static_shapes = False
         # One row read never runs past the buffer: pad by the widest row
@@ -114,24 +164,54 @@ class FixedBitEmbedding(keras.layers.Layer):
             dtype="uint8",
             **state,
         )
-        self._segment_starts = self.add_weight(
-            name="segment_starts",
-            shape=(self.num_segments,),
-            dtype="int32",
-            **state,
-        )
-        self._segment_bits = self.add_weight(
-            name="segment_bits",
-            shape=(self.num_segments,),
-            dtype="int32",
-            **state,
-        )
-        self._segment_bytes = self.add_weight(
-            name="segment_bytes",
-            shape=(self.num_segments,),
-            dtype="int64",
-            **state,
-        )
+        if self.index == "segments":
+            self._segment_starts = self.add_weight(
+                name="segment_starts",
+                shape=(self.num_segments,),
+                dtype="int32",
+                **state,
+            )
+            self._segment_bits = self.add_weight(
+                name="segment_bits",
+                shape=(self.num_segments,),
+                dtype="int32",
+                **state,
+            )
+            self._segment_bytes = self.add_weight(
+                name="segment_bytes",
+                shape=(self.num_segments,),
+                dtype="int64",
+                **state,
+            )
+        else:
+            blocks = -(-self.input_dim // ROWS_PER_BLOCK)
+            self._class_planes = self.add_weight(
+                name="class_planes",
+                shape=(
+                    _num_planes(self.num_classes),
+                    blocks * WORDS_PER_BLOCK,
+                ),
+                dtype="int64",
+                **state,
+            )
+            self._block_counts = self.add_weight(
+                name="block_counts",
+                shape=(blocks, self.num_classes),
+                dtype="int32",
+                **state,
+            )
+            self._class_bits = self.add_weight(
+                name="class_bits",
+                shape=(self.num_classes,),
+                dtype="int32",
+                **state,
+            )
+            self._class_bytes = self.add_weight(
+                name="class_bytes",
+                shape=(self.num_classes,),
+                dtype="int64",
+                **state,
+            )
         self._step_sizes = self.add_weight(
             name="step_sizes", shape=(MAX_BITS,), **state
         )
@@ -147,14 +227,10 @@ class FixedBitEmbedding(keras.layers.Layer):
             # Unpack each distinct id once, then spread the rows back out
             # (under XLA sorting out duplicates costs more than it saves).
             unique_ids, positions = tf.unique(unique_ids)
-        starts = _compat.read(self._segment_starts)
-        segment = tf.searchsorted(starts, unique_ids, side="right") - 1
-        bits = tf.gather(_compat.read(self._segment_bits), segment)
-        row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
-        first = tf.gather(_compat.read(self._segment_bytes), segment)
-        first += tf.cast(unique_ids - tf.gather(starts, segment), tf.int64) * (
-            row_bytes
-        )
+        if self.index == "segments":
+            first, bits = self._locate_by_segments(unique_ids)
+        else:
+            first, bits = self._locate_by_ranks(unique_ids)
         offsets = tf.range(self._read_width, dtype=tf.int64)
         packed = tf.gather(
             _compat.tf_variable(self._packed_codes), first[:, None] + offsets
@@ -171,16 +247,96 @@ class FixedBitEmbedding(keras.layers.Layer):
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(values, shape), self.compute_dtype)
 
+    def _locate_by_segments(self, ids):
+        """First byte and bit-width of each id's row."""
+        starts = _compat.read(self._segment_starts)
+        segment = tf.searchsorted(starts, ids, side="right") - 1
+        bits = tf.gather(_compat.read(self._segment_bits), segment)
+        row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
+        first = tf.gather(_compat.read(self._segment_bytes), segment)
+        rank = tf.cast(ids - tf.gather(starts, segment), tf.int64)
+        return first + rank * row_bytes, bits
+
+    def _locate_by_ranks(self, ids):
+        """First byte and bit-width of each id's row (rank/select)."""
+        planes = _compat.read(self._class_planes)
+        word = ids // 64
+        bit = tf.cast(ids % 64, tf.uint64)
+        block = ids // ROWS_PER_BLOCK
+        # Each id's class code, bit j from plane j.
+        own = tf.bitcast(tf.gather(planes, word, axis=1), tf.uint64)
+        one = tf.constant(1, tf.uint64)
+        code = tf.zeros_like(ids)
+        for j in range(planes.shape[0]):
+            set_j = tf.bitwise.bitwise_and(
+                tf.bitwise.right_shift(own[j], bit), one
+            )
+            code += tf.bitwise.left_shift(tf.cast(set_j, tf.int32), j)
+        # Rows of that class before the id within its block: AND the
+        # planes (inverted where the code has a 0), mask, popcount.
+        local = tf.range(WORDS_PER_BLOCK)
+        words = tf.gather(
+            planes, block[:, None] * WORDS_PER_BLOCK + local, axis=1
+        )
+        words = tf.bitcast(words, tf.uint64)  # (P, n, 32)
+        all_ones = tf.constant(np.iinfo(np.uint64).max, tf.uint64)
+        match = tf.fill(tf.shape(words)[1:], all_ones)
+        for j in range(planes.shape[0]):
+            wanted = tf.equal(tf.bitwise.bitwise_and(code, 1 << j), 0)
+            plane = tf.where(
+                wanted[:, None], tf.bitwise.invert(words[j]), words[j]
+            )
+            match = tf.bitwise.bitwise_and(match, plane)
+        partial = tf.bitwise.invert(tf.bitwise.left_shift(all_ones, bit))
+        own_word = (word - block * WORDS_PER_BLOCK)[:, None]
+        mask = tf.where(
+            local[None, :] < own_word,
+            all_ones,
+            tf.where(
+                local[None, :] == own_word,
+                partial[:, None],
+                tf.constant(0, tf.uint64),
+            ),
+        )
+        counts = tf.raw_ops.PopulationCount(
+            x=tf.bitwise.bitwise_and(match, mask)
+        )
+        rank = tf.reduce_sum(tf.cast(counts, tf.int64), axis=1)
+        before = tf.gather_nd(
+            _compat.read(self._block_counts), tf.stack([block, code], 1)
+        )
+        bits = tf.gather(_compat.read(self._class_bits), code)
+        row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
+        first = tf.gather(_compat.read(self._class_bytes), code)
+        return first + (tf.cast(before, tf.int64) + rank) * row_bytes, bits
+
+    def rows_per_bits(self) -> dict:
+        """Rows stored at each bit-width (0 = pruned)."""
+        if self.index == "segments":
+            starts = self._segment_starts.numpy().astype(np.int64)
+            bits = self._segment_bits.numpy()
+            lengths = np.diff(np.append(starts, self.input_dim))
+        else:
+            bits = self._class_bits.numpy()
+            planes = self._class_planes.numpy()
+            stream = np.unpackbits(
+                planes.astype("<i8").view(np.uint8), axis=1, bitorder="little"
+            )[:, : self.input_dim]
+            codes = (stream << np.arange(len(stream))[:, None]).sum(0)
+            lengths = np.bincount(codes, minlength=len(bits))
+        return {int(b): int(lengths[bits == b].sum()) for b in np.unique(bits)}
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
 
     @classmethod
-    def from_searched(cls, layer, chunk_rows: int = 1 << 20):
+    def from_searched(cls, layer, chunk_rows: int = 1 << 20, index="auto"):
         """Converts a MixedPrecisionEmbedding in its FIXED phase.
 
         Args:
             layer: A `MixedPrecisionEmbedding` after selection.
             chunk_rows: Integer. Rows quantized at a time (bounds memory).
+            index: "auto" (the smaller index), "segments" or "ranks".
 
         Returns:
             A built `FixedBitEmbedding` with equal outputs.
@@ -191,19 +347,38 @@ class FixedBitEmbedding(keras.layers.Layer):
                 "layer whose precisions were chosen (FIXED, after "
                 "MPECallback's selection or `select_bits`) can be converted."
             )
+        if index not in ("auto", *INDEXES):
+            raise ValueError(
+                f"`index` must be 'auto' or one of {INDEXES}. "
+                f"Received: index={index!r}"
+            )
         dim = layer.output_dim
         row_bits = layer._chosen_bits.numpy()[layer._group_ids.numpy()]
         seg_starts, seg_bits = _segments(row_bits)
+        classes, class_of_row = np.unique(row_bits, return_inverse=True)
+        if index == "auto":
+            by_segments = 16 * len(seg_starts)
+            by_ranks = _rank_index_bytes(layer.input_dim, len(classes))
+            index = "segments" if by_segments <= by_ranks else "ranks"
         row_bytes = (row_bits.astype(np.int64) * dim + 7) // 8
-        row_first = np.concatenate([[0], np.cumsum(row_bytes)])
-        num_bytes = int(row_first[-1])
+        if index == "segments":  # rows in id order
+            row_first = np.concatenate([[0], np.cumsum(row_bytes)])[:-1]
+        else:  # rows class by class, in id order within a class
+            order = np.argsort(class_of_row, kind="stable")
+            row_first = np.empty_like(row_bytes)
+            row_first[order] = np.concatenate(
+                [[0], np.cumsum(row_bytes[order])]
+            )[:-1]
+        num_bytes = int(row_bytes.sum())
         summary = layer.bits_per_group()
         groups = {k: summary[k].tolist() for k in ("bits", "rows", "count")}
         fixed = cls(
             layer.input_dim,
             dim,
-            len(seg_starts),
             num_bytes,
+            index=index,
+            num_segments=len(seg_starts) if index == "segments" else 0,
+            num_classes=len(classes) if index == "ranks" else 0,
             groups=groups,
             name=layer.name,
         )
@@ -231,20 +406,48 @@ class FixedBitEmbedding(keras.layers.Layer):
         for bits, step in step_of.items():
             step_table[bits - 1] = step
         fixed._packed_codes.assign(buffer)
-        fixed._segment_starts.assign(seg_starts.astype(np.int32))
-        fixed._segment_bits.assign(seg_bits.astype(np.int32))
-        fixed._segment_bytes.assign(row_first[seg_starts])
         fixed._step_sizes.assign(step_table)
         fixed._offset.assign(offset.numpy())
+        if index == "segments":
+            fixed._segment_starts.assign(seg_starts.astype(np.int32))
+            fixed._segment_bits.assign(seg_bits.astype(np.int32))
+            fixed._segment_bytes.assign(row_first[seg_starts])
+        else:
+            fixed._assign_ranks(classes, class_of_row, row_bytes)
         return fixed
+
+    def _assign_ranks(self, classes, class_of_row, row_bytes):
+        blocks = self._block_counts.shape[0]
+        planes = self._class_planes.shape[0]
+        self._class_planes.assign(
+            _class_planes(class_of_row, planes, blocks * WORDS_PER_BLOCK)
+        )
+        block_rows = np.zeros((blocks * ROWS_PER_BLOCK,), np.int64) - 1
+        block_rows[: class_of_row.size] = class_of_row
+        per_block = np.stack(
+            [
+                (block_rows.reshape(blocks, -1) == c).sum(1)
+                for c in range(len(classes))
+            ],
+            axis=1,
+        )
+        before = np.cumsum(per_block, axis=0) - per_block
+        self._block_counts.assign(before.astype(np.int32))
+        self._class_bits.assign(classes.astype(np.int32))
+        class_sizes = np.bincount(
+            class_of_row, weights=row_bytes, minlength=len(classes)
+        ).astype(np.int64)
+        self._class_bytes.assign(np.cumsum(class_sizes) - class_sizes)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             input_dim=self.input_dim,
             output_dim=self.output_dim,
-            num_segments=self.num_segments,
             num_bytes=self.num_bytes,
+            index=self.index,
+            num_segments=self.num_segments,
+            num_classes=self.num_classes,
             groups=self.groups,
         )
         return config

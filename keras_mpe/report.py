@@ -5,7 +5,8 @@ Two figures per table:
 - payload bits = sum over rows of bits x output_dim: the reference figure
   (pruned rows count 0); payload compression = 32 x rows x dim / payload.
 - real bytes = every byte the serving graph reads for that layer: packed
-  codes (with their read padding), segment metadata, step sizes, offset;
+  codes (with their read padding), the row index (segments or ranks,
+  see `fixed_bit.py`), step sizes, offset;
   real compression = float32 bytes / real bytes.
 """
 
@@ -109,12 +110,7 @@ class CompressionReport:
 
 
 def _layer_report(layer) -> LayerReport:
-    starts = layer._segment_starts.numpy().astype(np.int64)
-    bits = layer._segment_bits.numpy()
-    lengths = np.diff(np.append(starts, layer.input_dim))
-    rows_per_bits = {
-        int(b): int(lengths[bits == b].sum()) for b in np.unique(bits)
-    }
+    rows_per_bits = layer.rows_per_bits()
     real_bytes = sum(
         int(np.prod(w.shape)) * np.dtype(_dtype_name(w)).itemsize
         for w in layer.weights
@@ -128,7 +124,8 @@ def _layer_report(layer) -> LayerReport:
         groups={k: list(v) for k, v in layer.groups.items()}
         if layer.groups
         else None,
-        payload_bits=int((lengths * bits).sum()) * layer.output_dim,
+        payload_bits=layer.output_dim
+        * sum(bits * rows for bits, rows in rows_per_bits.items()),
         real_bytes=real_bytes,
         float32_bytes=4 * layer.input_dim * layer.output_dim,
     )

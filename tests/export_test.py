@@ -19,18 +19,23 @@ keras = _compat.keras
 IDS = np.random.default_rng(0).integers(0, 500, (8, 3)).astype(np.int32)
 
 
-def fixed_mpe(name=None):
+def fixed_mpe(name=None, ordered=True):
+    """Groups of 100 rows at 0, 1, 3, 5, 6 bits; ids frequency ordered
+    (a "segments" index) or shuffled (a "ranks" index)."""
     layer = keras_mpe.MixedPrecisionEmbedding(
         500, 8, num_groups=5, bit_penalty=0.0, name=name
     )
-    layer.set_frequencies(np.arange(500)[::-1])
+    counts = np.arange(500)[::-1]
+    if not ordered:
+        counts = np.random.default_rng(1).permutation(counts)
+    layer.set_frequencies(counts)
     layer.set_bits([0, 1, 3, 5, 6])
     return layer
 
 
-def functional():
+def functional(ordered=True):
     inputs = keras.Input((3,), dtype="int32", name="ids")
-    x = keras.layers.Flatten()(fixed_mpe()(inputs))
+    x = keras.layers.Flatten()(fixed_mpe(ordered=ordered)(inputs))
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     return keras.Model(inputs, outputs)
 
@@ -129,9 +134,12 @@ def _signature(path):
 
 
 class ExportTest(tf.test.TestCase):
+    ordered = True
+    index = "segments"
+
     def setUp(self):
         super().setUp()
-        self.model = functional()
+        self.model = functional(self.ordered)
         self.expected = self.model.predict(IDS, verbose=0)
         self.served = keras_mpe.convert(self.model)
         self.path = os.path.join(self.get_temp_dir(), "ctr", "1")
@@ -165,6 +173,7 @@ class ExportTest(tf.test.TestCase):
         fixed = [
             x for x in self.served.layers if isinstance(x, FixedBitEmbedding)
         ][0]
+        self.assertEqual(self.index, fixed.index)
         folder = os.path.join(self.path, "variables")
         size = sum(
             os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
@@ -196,6 +205,13 @@ class ExportTest(tf.test.TestCase):
             keras_mpe.export_saved_model(
                 keras_mpe.convert(Subclassed()), self.path + "y"
             )
+
+
+class ExportShuffledIdsTest(ExportTest):
+    """The same checks with ids in no frequency order: the rank index."""
+
+    ordered = False
+    index = "ranks"
 
 
 @pytest.mark.parametrize("jit_compile", [True])

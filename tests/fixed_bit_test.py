@@ -50,12 +50,50 @@ class FixedBitTest(tf.test.TestCase):
         # XLA may fuse multiply-adds: equal within float rounding.
         self.assertAllClose(layer(ids), lookup(tf.constant(ids)), atol=1e-6)
 
-    def test_any_id_order_still_exact(self):
-        layer = searched_layer(permute=True)
+    def test_both_indexes_exact_for_any_id_order(self):
+        ids = np.arange(1000).reshape(50, 20)
+        for permute in (False, True):
+            layer = searched_layer(permute=permute)
+            for index in ("segments", "ranks"):
+                fixed = FixedBitEmbedding.from_searched(layer, index=index)
+                self.assertAllEqual(layer(ids), fixed(ids))
+                fixed.static_shapes = True
+                lookup = tf.function(fixed, jit_compile=True)
+                self.assertAllClose(
+                    layer(ids), lookup(tf.constant(ids)), atol=1e-6
+                )
+            auto = FixedBitEmbedding.from_searched(layer)
+            self.assertEqual("ranks" if permute else "segments", auto.index)
+            self.assertEqual(
+                {b: 100 * BITS.count(b) for b in set(BITS)},
+                auto.rows_per_bits(),
+            )
+
+    def test_rank_index_costs_about_log2_classes_bits_per_row(self):
+        rows, classes = 100_000, 7  # bits 0..6: 3 bits of class per row
+        layer = keras_mpe.MixedPrecisionEmbedding(rows, 16, num_groups=classes)
+        counts = np.random.default_rng(2).permutation(rows)
+        layer.set_frequencies(counts)
+        layer.set_bits(np.arange(classes))
         fixed = FixedBitEmbedding.from_searched(layer)
-        ids = np.arange(1000)
+        self.assertEqual("ranks", fixed.index)
+        index_bytes = sum(
+            int(np.prod(w.shape)) * 8 if "int64" in str(w.dtype) else
+            int(np.prod(w.shape)) * 4
+            for w in (fixed._class_planes, fixed._block_counts,
+                      fixed._class_bits, fixed._class_bytes)
+        )  # fmt: skip
+        # ceil(log2 7) = 3 bits per row, plus 7 int32 counts per 2048 rows
+        # (0.11 bits per row) and the 2048-row padding of the last block.
+        self.assertLessEqual(index_bytes * 8 / rows, 3 + 0.11 + 0.05)
+        ids = np.random.default_rng(3).integers(0, rows, (64, 26))
         self.assertAllEqual(layer(ids), fixed(ids))
-        self.assertGreater(fixed.num_segments, 100)
+
+    def test_bad_index(self):
+        with self.assertRaisesRegex(ValueError, "index='rank'"):
+            FixedBitEmbedding.from_searched(searched_layer(), index="rank")
+        with self.assertRaisesRegex(ValueError, "index='x'"):
+            FixedBitEmbedding(10, 2, num_bytes=4, index="x")
 
     def test_only_fixed_layers_convert(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
@@ -63,11 +101,15 @@ class FixedBitTest(tf.test.TestCase):
             FixedBitEmbedding.from_searched(layer)
 
     def test_save_and_load(self):
-        fixed = FixedBitEmbedding.from_searched(searched_layer())
+        for index in ("segments", "ranks"):
+            self._save_and_load(index)
+
+    def _save_and_load(self, index):
+        fixed = FixedBitEmbedding.from_searched(searched_layer(), index=index)
         inputs = keras.Input((3,), dtype="int32")
         model = keras.Model(inputs, fixed(inputs))
         name = "model.keras" if _compat.IS_KERAS_3 else "model.h5"
-        path = os.path.join(self.get_temp_dir(), name)
+        path = os.path.join(self.get_temp_dir(), index + name)
         model.save(path)
         loaded = keras.models.load_model(path)
         ids = np.array([[0, 500, 999], [1, 2, 3]], np.int32)
