@@ -1,0 +1,97 @@
+"""The examples run end to end (small settings, fresh processes)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import testing_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(script, *args, env=None):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", script), *args],
+        capture_output=True,
+        text=True,
+        env=env or QUIET,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_criteo_ctr_trains_converts_and_exports(tmp_path):
+    export = tmp_path / "ctr" / "1"
+    out = _run(
+        "criteo_ctr.py",
+        *("--rows", "6000", "--max-cardinality", "300", "--epochs", "2"),
+        *("--search-epochs", "1", "--batch-size", "500", "--model", "dcn"),
+        *("--export-dir", str(export)),
+    )
+    assert (export / "saved_model.pb").exists()
+    assert "rows per bits" in out  # the compression report
+    retrained = re.search(r"MPE \(retrained\): AUC (\S+)", out).group(1)
+    converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)
+    assert retrained == converted
+    assert float(re.search(r"fp32 +: AUC (\S+)", out).group(1)) > 0.5
+
+
+@pytest.mark.slow
+@testing_utils.needs_legacy_keras
+def test_tfrs_movielens_on_a_small_ratings_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = 3000
+    users = np.minimum(rng.zipf(1.3, rows), 200)
+    movies = np.minimum(rng.zipf(1.2, rows), 300)
+    ratings = rng.integers(1, 6, rows)
+    lines = [
+        f"{u}\t{m}\t{r}\t{880000000 + i}"
+        for i, (u, m, r) in enumerate(zip(users, movies, ratings, strict=True))
+    ]
+    (tmp_path / "u.data").write_text("\n".join(lines) + "\n")
+    export = tmp_path / "ranking" / "1"
+    out = _run(
+        "tfrs_movielens.py",
+        *("--data", str(tmp_path), "--epochs", "1", "--search-epochs", "1"),
+        *("--num-groups", "8", "--export-dir", str(export)),
+    )
+    assert (export / "saved_model.pb").exists()
+    retrained = re.search(r"MPE \(retrained\): (\S+)", out).group(1)
+    converted = re.search(r"MPE \(converted\): (\S+)", out).group(1)
+    assert retrained == converted
+    assert "payload compression" in out
+
+
+def test_tfrs_movielens_names_a_missing_data_folder(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "tfrs_movielens.py"),
+            "--data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env={**QUIET, "TF_USE_LEGACY_KERAS": "1"},
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"--data {tmp_path}: no u.data there" in result.stderr
+
+
+def test_serving_client_dry_run_prints_the_rest_body(tmp_path):
+    from export_test import functional
+
+    import keras_mpe
+
+    path = keras_mpe.export_saved_model(
+        keras_mpe.convert(functional()), str(tmp_path / "ctr" / "1")
+    )
+    out = _run("serving_client.py", "--model-dir", path, "--dry-run")
+    assert '"instances": [{"ids": [' in out
