@@ -111,6 +111,11 @@ def parse_args():
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--max-cardinality", type=int, default=200_000)
     parser.add_argument("--out", help="results folder")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redo the table and plots from --out/results.json",
+    )
     args = parser.parse_args()
     real = args.data != "synthetic"
     ratings = args.data == "movielens"
@@ -657,11 +662,14 @@ def plot(summary, rows, metric, out):
     from matplotlib import pyplot
 
     figure, axis = pyplot.subplots(figsize=(7, 4.5))
-    for entry in summary:
+    colors = pyplot.get_cmap("tab20").colors
+    markers = {"fp": "s", "in": "s", "qa": "^", "mp": "o"}
+    for i, entry in enumerate(summary):
         mean, std = entry[metric]
         axis.errorbar(
-            entry["payload_compression"][0], mean, yerr=std, fmt="o",
-            capsize=3, label=entry["method"],
+            entry["payload_compression"][0], mean, yerr=std, capsize=3,
+            fmt=markers.get(entry["method"][:2], "D"),
+            color=colors[i % len(colors)], label=entry["method"],
         )  # fmt: skip
     axis.set_xscale("log")
     axis.set_xlabel("payload compression (x, log scale)")
@@ -693,35 +701,45 @@ def main():
     args = parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    started = time.time()
-    for seed in range(args.seeds):
-        data = load_data(args, seed)
-        if seed == 0:
-            print(
-                f"{args.data}: vocabulary {data.vocabulary_size} ids, dim "
-                f"{args.dim}, MLP {args.mlp}, Keras "
-                f"{'3' if _compat.IS_KERAS_3 else '2 (tf_keras)'}"
-            )
-        rows += run_seed(data, args, seed)
-        (out / "results.json").write_text(json.dumps({"runs": rows}, indent=1))
     metrics = ["rmse"] if args.data == "movielens" else ["auc", "logloss"]
+    if args.replot:
+        saved = json.loads((out / "results.json").read_text())
+        settings, rows = saved["settings"], saved["runs"]
+    else:
+        settings, rows = run(args, out)
     summary = summarize(rows, metrics)
-    settings = {k: sorted(v) if isinstance(v, set) else v
-                for k, v in vars(args).items()}  # fmt: skip
     header = (
-        f"### {args.data}: {args.seeds} seeds, "
-        f"{(time.time() - started) / 60:.0f} min\n\n"
+        f"### {settings['data']}: {settings['seeds']} seeds, Keras "
+        f"{settings['keras']}, {settings['minutes']:.0f} min\n\n"
         f"Settings: `{json.dumps(settings)}`"
     )
     table = markdown(summary, metrics, header)
     print("\n" + table)
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(
-        json.dumps({"settings": settings, "runs": rows}, indent=1)
-    )
     plot(summary, rows, metrics[0], out)
     print(f"written to {out}/")
+
+
+def run(args, out):
+    """Every seed; returns the settings and one row per method and seed."""
+    settings = {k: sorted(v) if isinstance(v, set) else v
+                for k, v in vars(args).items() if k != "replot"}  # fmt: skip
+    settings["keras"] = "3" if _compat.IS_KERAS_3 else "2 (tf_keras)"
+    started = time.time()
+    rows = []
+    for seed in range(args.seeds):
+        data = load_data(args, seed)
+        if seed == 0:
+            print(
+                f"{args.data}: vocabulary {data.vocabulary_size} ids, dim "
+                f"{args.dim}, MLP {args.mlp}, Keras {settings['keras']}"
+            )
+        rows += run_seed(data, args, seed)
+        settings["minutes"] = (time.time() - started) / 60
+        (out / "results.json").write_text(
+            json.dumps({"settings": settings, "runs": rows}, indent=1)
+        )
+    return settings, rows
 
 
 if __name__ == "__main__":
