@@ -215,7 +215,8 @@ def synthetic_data(args, seed) -> Data:
 
     def reranked(features, labels):
         ids = tf.gather(rank, features["categorical"])
-        return {**features, "categorical": ids}, labels
+        numeric = tf.math.log1p(features["numeric"])
+        return {"categorical": ids, "numeric": numeric}, labels
 
     def ready(rows, first):
         return part(rows, first).map(reranked).cache()
@@ -231,7 +232,7 @@ def synthetic_data(args, seed) -> Data:
 
 # ---------------------------------------------------------------- the model
 def backbone(embedding, data, args):
-    """Embeddings (+ log1p numeric) -> MLP with BatchNorm + ReLU -> output."""
+    """Embeddings (+ numeric) -> MLP with BatchNorm + ReLU -> output."""
     features = data.train.element_spec[0]
     fields = features["categorical"].shape[-1]
     categorical = keras.Input((fields,), dtype="int32", name="categorical")
@@ -240,9 +241,7 @@ def backbone(embedding, data, args):
     if "numeric" in features:
         numeric = keras.Input((features["numeric"].shape[-1],), name="numeric")
         inputs["numeric"] = numeric
-        x = keras.layers.Concatenate()(
-            [x, keras.layers.Lambda(tf.math.log1p)(numeric)]
-        )
+        x = keras.layers.Concatenate()([x, numeric])
     for units in args.mlp:
         x = keras.layers.Dense(units)(x)
         x = keras.layers.BatchNormalization(momentum=0.9)(x)  # as PyTorch
