@@ -707,8 +707,9 @@ def main():
     else:
         settings, rows = run(args, out)
     summary = summarize(rows, metrics)
+    seeds = len({row["seed"] for row in rows})
     header = (
-        f"### {settings['data']}: {settings['seeds']} seeds, Keras "
+        f"### {settings['data']}: {seeds} seeds, Keras "
         f"{settings['keras']}, {settings['minutes']:.0f} min\n\n"
         f"Settings: `{json.dumps(settings)}`"
     )
