@@ -73,6 +73,9 @@ def parse_args():
     parser.add_argument("--path", help="file or folder instead of ../shared")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first..first+n-1"
+    )
+    parser.add_argument(
         "--methods",
         default="fp32,post,qat,heuristic,control6,mpe",
         help="comma-separated subset of: fp32 (always run), post, qat, "
@@ -727,9 +730,9 @@ def run(args, out):
     settings["keras"] = "3" if _compat.IS_KERAS_3 else "2 (tf_keras)"
     started = time.time()
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         data = load_data(args, seed)
-        if seed == 0:
+        if seed == args.first_seed:
             print(
                 f"{args.data}: vocabulary {data.vocabulary_size} ids, dim "
                 f"{args.dim}, MLP {args.mlp}, Keras {settings['keras']}"
