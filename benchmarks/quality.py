@@ -148,6 +148,10 @@ class Data:
     vocabulary_size: int
     rating: bool  # regression (RMSE) instead of CTR (AUC, LogLoss)
 
+    @property
+    def monitor(self) -> str:
+        return "val_rmse" if self.rating else "val_auc"
+
 
 def load_data(args, seed) -> Data:
     if args.data == "synthetic":
@@ -288,8 +292,9 @@ class BestEpoch(keras.callbacks.Callback):
 
 
 def fit(model, data, epochs, start=0, callbacks=()):
-    monitor = "val_rmse" if data.rating else "val_auc"
-    best = BestEpoch(monitor, start)
+    """Trains, keeps the best validation epoch from `start` on, and returns
+    the seconds of every epoch."""
+    best = BestEpoch(data.monitor, start)
     model.fit(
         data.train,
         validation_data=data.val,
@@ -297,8 +302,13 @@ def fit(model, data, epochs, start=0, callbacks=()):
         callbacks=[*callbacks, best],
         verbose=0,
     )
-    # The first epoch traces the step function: the median skips it.
-    return statistics.median(best.epoch_seconds[1:] or best.epoch_seconds)
+    return best.epoch_seconds
+
+
+def median_seconds(seconds):
+    """Median epoch time; the first epoch traces the step function, so it
+    counts only when there is no other."""
+    return statistics.median(seconds[1:] or seconds)
 
 
 def scores(model, data) -> dict:
@@ -362,7 +372,7 @@ def run_fp32(data, args):
         data,
         args,
     )
-    seconds = fit(model, data, args.epochs)
+    seconds = median_seconds(fit(model, data, args.epochs))
     rows, dim = data.vocabulary_size, args.dim
     out = [
         result(
@@ -470,7 +480,7 @@ def run_fixed(method, bits_for, data, args, candidates):
     layer.set_frequencies(counts)
     layer.initialize_step_sizes()
     layer.set_bits(bits_for(layer))
-    seconds = fit(model, data, args.epochs)
+    seconds = median_seconds(fit(model, data, args.epochs))
     return served(method, model, data, seconds)
 
 
@@ -478,37 +488,25 @@ def run_pipeline(method, data, args, candidates, penalty):
     """Search + select + rewind + retrain with MPECallback."""
     layer = mpe_layer(data, args, candidates, penalty)
     model = backbone(layer, data, args)
-    monitor = "val_rmse" if data.rating else "val_auc"
     callback = keras_mpe.MPECallback(
         frequency_data=data.train,
         search_epochs=args.search_epochs,
-        monitor=monitor,
+        monitor=data.monitor,
         mode="min" if data.rating else "max",
         verbose=0,
     )
-    total = args.search_epochs + args.epochs
-    monitor_start = args.search_epochs
-    best = BestEpoch(monitor, monitor_start)
-    model.fit(
-        data.train,
-        validation_data=data.val,
-        epochs=total,
-        callbacks=[callback, best],
-        verbose=0,
+    search = args.search_epochs
+    seconds = fit(
+        model, data, search + args.epochs, start=search, callbacks=[callback]
     )
-    seconds = best.epoch_seconds
     return served(
         method,
         model,
         data,
-        statistics.median(seconds[1:]),
+        median_seconds(seconds),
         {
-            "search_epoch_seconds": statistics.median(
-                seconds[1 : args.search_epochs]
-            ),
-            "retrain_epoch_seconds": statistics.median(
-                seconds[args.search_epochs + 1 :] or seconds[-1:]
-            ),
+            "search_epoch_seconds": median_seconds(seconds[:search]),
+            "retrain_epoch_seconds": median_seconds(seconds[search:]),
         },
     )
 

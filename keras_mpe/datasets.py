@@ -284,11 +284,12 @@ def read_criteo(
 def _read_csv(path, width, what):
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
+        if next(reader, None) is None:  # the header line
+            raise ValueError(
+                f"`path` must be {what}. Received: {path} is empty"
+            )
         rows = list(reader)
-    if header is None:
-        raise ValueError(f"`path` must be {what}. Received: {path} is empty")
-    return header, _checked_rows(path, rows, width, what)
+    return _checked_rows(path, rows, width, what)
 
 
 def read_avazu(
@@ -301,7 +302,7 @@ def read_avazu(
     Args:
         path: Path of the CSV file with its header line.
     """
-    _, rows = _read_csv(path, 24, "an Avazu CSV")
+    rows = _read_csv(path, 24, "an Avazu CSV")
     labels = np.array([[float(row[1])] for row in rows], np.float32)
     tokens = [row[2:] for row in rows]
     return _encode_fields(tokens, labels, min_count, train_fraction, seed)
@@ -318,7 +319,7 @@ def read_kdd12(
     Args:
         path: Path of the CSV file with its header line.
     """
-    _, rows = _read_csv(path, 12, "a KDD12 Click_prediction_small CSV")
+    rows = _read_csv(path, 12, "a KDD12 Click_prediction_small CSV")
     labels = np.array([[float(row[0])] for row in rows], np.float32)
     tokens = [row[1:] for row in rows]
     return _encode_fields(tokens, labels, min_count, train_fraction, seed)

@@ -157,67 +157,36 @@ class FixedBitEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         if self.built:
             return
-        state = {"trainable": False, "initializer": "zeros"}
-        self._packed_codes = self.add_weight(
-            name="packed_codes",
-            shape=(self.num_bytes + self._read_width,),
-            dtype="uint8",
-            **state,
+
+        def state(name, shape, dtype="float32"):
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                dtype=dtype,
+                trainable=False,
+                initializer="zeros",
+            )
+
+        self._packed_codes = state(
+            "packed_codes", (self.num_bytes + self._read_width,), "uint8"
         )
         if self.index == "segments":
-            self._segment_starts = self.add_weight(
-                name="segment_starts",
-                shape=(self.num_segments,),
-                dtype="int32",
-                **state,
-            )
-            self._segment_bits = self.add_weight(
-                name="segment_bits",
-                shape=(self.num_segments,),
-                dtype="int32",
-                **state,
-            )
-            self._segment_bytes = self.add_weight(
-                name="segment_bytes",
-                shape=(self.num_segments,),
-                dtype="int64",
-                **state,
-            )
+            segments = (self.num_segments,)
+            self._segment_starts = state("segment_starts", segments, "int32")
+            self._segment_bits = state("segment_bits", segments, "int32")
+            self._segment_bytes = state("segment_bytes", segments, "int64")
         else:
             blocks = -(-self.input_dim // ROWS_PER_BLOCK)
-            self._class_planes = self.add_weight(
-                name="class_planes",
-                shape=(
-                    _num_planes(self.num_classes),
-                    blocks * WORDS_PER_BLOCK,
-                ),
-                dtype="int64",
-                **state,
+            planes = (_num_planes(self.num_classes), blocks * WORDS_PER_BLOCK)
+            classes = (self.num_classes,)
+            self._class_planes = state("class_planes", planes, "int64")
+            self._block_counts = state(
+                "block_counts", (blocks, self.num_classes), "int32"
             )
-            self._block_counts = self.add_weight(
-                name="block_counts",
-                shape=(blocks, self.num_classes),
-                dtype="int32",
-                **state,
-            )
-            self._class_bits = self.add_weight(
-                name="class_bits",
-                shape=(self.num_classes,),
-                dtype="int32",
-                **state,
-            )
-            self._class_bytes = self.add_weight(
-                name="class_bytes",
-                shape=(self.num_classes,),
-                dtype="int64",
-                **state,
-            )
-        self._step_sizes = self.add_weight(
-            name="step_sizes", shape=(MAX_BITS,), **state
-        )
-        self._offset = self.add_weight(
-            name="offset", shape=(self.output_dim,), **state
-        )
+            self._class_bits = state("class_bits", classes, "int32")
+            self._class_bytes = state("class_bytes", classes, "int64")
+        self._step_sizes = state("step_sizes", (MAX_BITS,))
+        self._offset = state("offset", (self.output_dim,))
         self.built = True
 
     def call(self, inputs):
