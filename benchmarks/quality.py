@@ -9,9 +9,10 @@ On one data set, one split per seed and one backbone, for each seed:
 | int4          | and int4 (Keras 3's `Embedding.quantize` in Keras 3 mode;   |
 |               | the same per-row formulas in numpy under tf_keras)          |
 | qat8 .. qat2  | uniform-bit quantization-aware training (LSQ+): the MPE     |
-|               | layer with one candidate, fixed from the first step         |
+|               | layer with one candidate, after one float warm-up epoch     |
 | heuristic     | mixed precision without search: bits rise with log group    |
-|               | frequency, to the budget MPE chose at `--budget-penalty`    |
+|               | frequency, to the budget MPE chose at `--budget-penalty`,   |
+|               | after one float warm-up epoch                               |
 | control6      | the MPE pipeline (search, rewind, retrain) with one 6-bit   |
 |               | candidate: what the two stages do without mixed precision  |
 | mpe@lambda    | MPE at each bit penalty in `--penalties`                    |
@@ -472,16 +473,30 @@ def served(method, model, data, seconds, extra=None):
     return row
 
 
+class QuantizeAfterWarmup(keras.callbacks.Callback):
+    """After one float epoch: LSQ step sizes from the trained table, then
+    the layer trains at `bits` (one per group) for the remaining epochs."""
+
+    def __init__(self, layer, bits):
+        super().__init__()
+        self.layer, self.bits = layer, bits
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            self.layer.initialize_step_sizes()
+            self.layer.set_bits(self.bits)
+
+
 def run_fixed(method, bits_for, data, args, candidates):
-    """Trains from scratch at fixed bits: `bits_for(layer)` per group."""
+    """A float warm-up epoch, then `--epochs` at fixed bits per group
+    (`bits_for(layer)`), as MPE's warm-up and LSQ's pre-trained start."""
     layer = mpe_layer(data, args, candidates)
     model = backbone(layer, data, args)
     (counts,) = frequency.count_ids(model, [layer], data.train)
     layer.set_frequencies(counts)
-    layer.initialize_step_sizes()
-    layer.set_bits(bits_for(layer))
-    seconds = median_seconds(fit(model, data, args.epochs))
-    return served(method, model, data, seconds)
+    quantize = QuantizeAfterWarmup(layer, bits_for(layer))
+    seconds = fit(model, data, 1 + args.epochs, start=1, callbacks=[quantize])
+    return served(method, model, data, median_seconds(seconds[1:]))
 
 
 def run_pipeline(method, data, args, candidates, penalty):

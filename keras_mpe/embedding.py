@@ -26,14 +26,26 @@ Variables:
 |--------------------|------------------|---------|---------|-----------------|
 | embeddings         | (rows, dim)      | float32 | yes     | latent table e  |
 | initial_embeddings | (rows, dim)      | float32 | no      | rewind target   |
-| step_sizes         | (quantized K,)   | float32 | yes     | alpha_b, b > 0  |
-| offset             | (dim,)           | float32 | yes     | beta            |
+| step_sizes         | (quantized K,)   | float32 | yes     | alpha_b / scale |
+| offset             | (dim,)           | float32 | yes     | beta / scale    |
+| quantizer_scale    | ()               | float32 | no      | scale           |
 | precision_logits   | (groups, K)      | float32 | yes     | gamma           |
 | counts             | (rows,)          | int64   | no      | id frequencies  |
 | group_ids          | (rows,)          | int32   | no      | g(i)            |
 | group_weights      | (groups,)        | float32 | no      | c_g             |
 | chosen_bits        | (groups,)        | int32   | no      | b*_g            |
 | phase              | ()               | int32   | no      | FLOAT/SEARCH/.. |
+
+The step sizes and the offset are stored in units of `scale`, the table's
+mean |e| when the step sizes are initialised, and used as alpha_b =
+scale * step_sizes[b] and beta = scale * offset. Adaptive optimizers (Adam,
+Adagrad) move every variable by about the learning rate per step whatever
+its gradient's size; stored in absolute units, alpha and beta of a table
+whose entries are about 0.01 moved by ten percent of the table's scale per
+step, and on long searches (about 500 steps of a 2M-row data set) beta
+drifted past the 1- and 2-bit ranges and the step sizes grew 20-50 fold,
+so every low-bit row came out as the same constant. In units of the scale
+they move at the table's pace.
 """
 
 import enum
@@ -219,6 +231,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self._offset = self.add_weight(
             name="offset", shape=(dim,), initializer="zeros"
         )
+        self._quantizer_scale = self.add_weight(
+            name="quantizer_scale", shape=(), initializer="ones", **state
+        )
         self._precision_logits = self.add_weight(
             name="precision_logits", shape=(groups, k), initializer="zeros"
         )
@@ -364,22 +379,68 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             quantizer.gradient_scale(b, self.input_dim, self.output_dim)
             for b in bits
         ]
+        step_sizes, offset = self._quantizer_parameters()
         quantized = quantizer.fake_quantize(
             rows[:, None, :],
             # A one-hot product rather than a gather: the step sizes then
             # get a dense gradient (sparse ones for this small variable
             # crashed MirroredStrategy's all-reduce).
             tf.reduce_sum(
-                tf.one_hot(index, len(bits)) * _compat.read(self._step_sizes),
+                tf.one_hot(index, len(bits)) * step_sizes,
                 axis=-1,
                 keepdims=True,
             ),
-            _compat.read(self._offset),
+            offset,
             lo=per_column([lo for lo, _ in ranges]),
             hi=per_column([hi for _, hi in ranges]),
             grad_scale=per_column(scales),
         )
         return tf.einsum("nc,ncd->nd", row_weights, quantized)
+
+    def _quantizer_parameters(self):
+        """(alpha of each quantized candidate, beta): stored x scale."""
+        scale = _compat.read(self._quantizer_scale)
+        return (
+            scale * _compat.read(self._step_sizes),
+            scale * _compat.read(self._offset),
+        )
+
+    def quantizer_parameters(self) -> tuple:
+        """The step sizes alpha_b (one per b > 0) and the offset beta.
+
+        Returns:
+            `(step_sizes, offset)`: float32 arrays of shapes
+            `(len(quantized_bits),)` and `(output_dim,)`, in the table's
+            units (the signed step sizes as trained; the quantizer uses
+            |alpha_b|).
+        """
+        step_sizes, offset = self._quantizer_parameters()
+        return step_sizes.numpy(), offset.numpy()
+
+    def set_quantizer_parameters(self, step_sizes, offset):
+        """Sets alpha_b and beta (table units), keeping the current scale.
+
+        Args:
+            step_sizes: `len(quantized_bits)` floats, alpha_b for each
+                `b > 0` of `bit_candidates` in increasing order.
+            offset: `output_dim` floats, beta.
+        """
+        step_sizes = np.asarray(step_sizes, np.float32)
+        offset = np.asarray(offset, np.float32)
+        if step_sizes.shape != (len(self.quantized_bits),):
+            raise ValueError(
+                f"`step_sizes` must have shape ({len(self.quantized_bits)},),"
+                f" one per bit-width in {self.quantized_bits}. Received: "
+                f"shape {step_sizes.shape}"
+            )
+        if offset.shape != (self.output_dim,):
+            raise ValueError(
+                f"`offset` must have shape ({self.output_dim},). Received: "
+                f"shape {offset.shape}"
+            )
+        scale = float(self._quantizer_scale.numpy())
+        self._step_sizes.assign(step_sizes / scale)
+        self._offset.assign(offset / scale)
 
     # ------------------------------------------------------------ the phases
     @property
@@ -418,14 +479,20 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         return groups
 
     def initialize_step_sizes(self):
-        """Sets each alpha_b from the table's current scale (LSQ init)."""
+        """Sets each alpha_b from the table's current scale (LSQ init).
+
+        The scale (mean |e|) becomes the unit in which alpha and beta are
+        stored and trained; beta keeps its value in table units.
+        """
+        _, offset = self.quantizer_parameters()
         mean_abs = float(tf.reduce_mean(tf.abs(self._embeddings)))
-        mean_abs = mean_abs or 1.0
-        self._step_sizes.assign(
+        self._quantizer_scale.assign(mean_abs or 1.0)
+        self.set_quantizer_parameters(
             [
-                quantizer.initial_step_size(mean_abs, b)
+                quantizer.initial_step_size(mean_abs or 1.0, b)
                 for b in self.quantized_bits
-            ]
+            ],
+            offset,
         )
 
     def snapshot_embeddings(self):

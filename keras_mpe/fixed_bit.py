@@ -352,8 +352,9 @@ class FixedBitEmbedding(keras.layers.Layer):
             name=layer.name,
         )
         buffer = np.zeros(num_bytes + fixed._read_width, np.uint8)
-        steps = tf.abs(_compat.read(layer._step_sizes)) + quantizer.STEP_EPSILON
-        offset = _compat.read(layer._offset)
+        steps, offset = layer.quantizer_parameters()
+        steps = tf.abs(tf.constant(steps)) + quantizer.STEP_EPSILON
+        offset = tf.constant(offset)
         step_of = dict(zip(layer.quantized_bits, steps.numpy(), strict=True))
         table = layer._embeddings
         for start in range(0, layer.input_dim, chunk_rows):

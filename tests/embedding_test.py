@@ -31,8 +31,7 @@ def make_layer(**kwargs):
     layer.set_frequencies(np.arange(12) * 10)  # groups 0,0,0,1,1,1,...
     rng = np.random.default_rng(0)
     layer._embeddings.assign(rng.normal(size=(12, 3)).astype(np.float32))
-    layer._step_sizes.assign([0.9, 0.5, 0.1])
-    layer._offset.assign([0.1, -0.1, 0.0])
+    layer.set_quantizer_parameters([0.9, 0.5, 0.1], [0.1, -0.1, 0.0])
     layer._precision_logits.assign(rng.normal(size=(4, 4)).astype(np.float32))
     return layer
 
@@ -42,7 +41,7 @@ def expected_search(layer, ids):
     logits = layer._precision_logits.numpy() / layer.temperature
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     groups = layer._group_ids.numpy()
-    steps, offset = layer._step_sizes.numpy(), layer._offset.numpy()
+    steps, offset = layer.quantizer_parameters()
     out = np.zeros(ids.shape + (3,))
     for k, bits in enumerate(CANDIDATES[1:]):
         q = testing_utils.quantize_np(table[ids], steps[k], offset, bits)
@@ -86,7 +85,7 @@ class PhaseOutputTest(tf.test.TestCase):
         layer._chosen_bits.assign([0, 1, 4, 2])
         layer.set_phase(Phase.FIXED)
         table = layer._embeddings.numpy()
-        steps, offset = layer._step_sizes.numpy(), layer._offset.numpy()
+        steps, offset = layer.quantizer_parameters()
         step_of = {1: steps[0], 2: steps[1], 4: steps[2]}
         expected = np.zeros((12, 3))
         for row, bits in enumerate(np.repeat([0, 1, 4, 2], 3)):
@@ -177,15 +176,40 @@ class PhaseOutputTest(tf.test.TestCase):
         layer = make_layer()
         layer.initialize_step_sizes()
         mean_abs = np.abs(layer._embeddings.numpy()).mean()
-        self.assertAllClose(
-            [
-                2 * mean_abs,
-                2 * mean_abs / np.sqrt(2),
-                2 * mean_abs / np.sqrt(8),
-            ],
-            layer._step_sizes.numpy(),
-            rtol=1e-5,
+        root = [1, np.sqrt(2), np.sqrt(8)]  # sqrt(2^(b-1)), b = 1, 2, 4
+        steps, offset = layer.quantizer_parameters()
+        self.assertAllClose(2 * mean_abs / np.array(root), steps, rtol=1e-5)
+        self.assertAllClose([0.1, -0.1, 0.0], offset)  # kept
+        # Stored in units of the scale.
+        self.assertAllClose(mean_abs, layer._quantizer_scale.numpy())
+        self.assertAllClose(2 / np.array(root), layer._step_sizes.numpy())
+
+    def test_adam_moves_quantizer_at_the_table_pace(self):
+        # Adam's first step moves each variable by its learning rate: with
+        # alpha and beta stored in units of the table's scale, that is the
+        # learning rate times the scale in the table's units.
+        layer = make_layer()
+        scale = 0.01
+        layer._embeddings.assign(layer._embeddings.numpy() * scale)
+        layer.initialize_step_sizes()
+        layer.set_phase(Phase.SEARCH)
+        before = layer.quantizer_parameters()
+        optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+        variables = [
+            _compat.tf_variable(v) for v in (layer._step_sizes, layer._offset)
+        ]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(self.ids) ** 3)
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, variables), variables, strict=True)
         )
+        after = layer.quantizer_parameters()
+        mean_abs = float(layer._quantizer_scale.numpy())
+        self.assertBetween(mean_abs, 0.5 * scale, 1.5 * scale)
+        for old, new in zip(before, after, strict=True):
+            moved = np.abs(new - old)
+            self.assertGreater(moved.max(), 0.5e-3 * mean_abs)
+            self.assertLess(moved.max(), 1.01e-3 * mean_abs)
 
     def test_rewind_restores_the_snapshot(self):
         layer = make_layer()
@@ -233,6 +257,15 @@ class BadInputTest(tf.test.TestCase):
             tf.errors.InvalidArgumentError, r"\[0, input_dim=12\)"
         ):
             model.fit(np.array([[1, 12]]), np.array([1.0]), verbose=0)
+
+    def test_set_quantizer_parameters(self):
+        layer = make_layer()
+        with self.assertRaisesRegex(
+            ValueError, r"shape \(3,\), one per .*\(2,\)"
+        ):
+            layer.set_quantizer_parameters([0.1, 0.2], [0.0] * 3)
+        with self.assertRaisesRegex(ValueError, r"`offset` .*\(3,\).*\(4,\)"):
+            layer.set_quantizer_parameters([0.1] * 3, [0.0] * 4)
 
     def test_set_bits(self):
         layer = make_layer()

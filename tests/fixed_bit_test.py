@@ -21,9 +21,9 @@ def searched_layer(permute=False):
     layer.set_frequencies(np.arange(1000)[::-1] * 3)  # frequency ordered
     if permute:
         layer._group_ids.assign(layer._group_ids.numpy()[rng.permutation(1000)])
-    layer._offset.assign(rng.normal(size=16).astype(np.float32) * 0.01)
-    layer._step_sizes.assign(
-        rng.uniform(0.005, 0.05, 8).astype(np.float32) * np.tile([1, -1], 4)
+    layer.set_quantizer_parameters(
+        rng.uniform(0.005, 0.05, 8) * np.tile([1, -1], 4),
+        rng.normal(size=16) * 0.01,
     )
     layer.set_bits(BITS)
     return layer
