@@ -290,8 +290,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             # Each distinct id is quantized once (XLA fuses the per-lookup
             # work instead, where sorting out duplicates costs more).
             flat_ids, positions = tf.unique(flat_ids)
-        rows = tf.gather(_compat.tf_variable(self._embeddings), flat_ids)
-        groups = tf.gather(_compat.tf_variable(self._group_ids), flat_ids)
+        rows = _compat.gather_rows(self._embeddings, flat_ids)
+        groups = _compat.gather_rows(self._group_ids, flat_ids)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
         mixed = self._mix(rows, groups, phase, probabilities)
         outputs = is_float * rows + mixed
