@@ -1,43 +1,48 @@
 """FixedBitEmbedding: the serving form of a searched MixedPrecisionEmbedding.
 
-Each row is stored as packed unsigned codes at its group's bit-width
-(`packing.py`); pruned rows (0 bits) store nothing. A lookup finds the
-row's segment, gathers that row's bytes only, unpacks them and dequantizes:
+Rows are stored as packed unsigned codes (`packing.py`), one matrix per
+bit-width class: the rows at b bits form a `(rows_b, ceil(b * dim / 8))`
+uint8 matrix, and pruned rows (0 bits) store nothing. A lookup finds each
+id's class and its slot (row) in that class's matrix, gathers those rows
+only, unpacks them at the class's constant width and dequantizes:
 
     out_i = (code_i + lo_b) * step_b + beta      (0 when b = 0)
 
-with b the row's bit-width, lo_b = -2^(b-1), step_b = |alpha_b| + 1e-10 and
-beta the offset, exactly the FIXED-phase fake quantization, so outputs are
-equal to the bit.
+with lo_b = -2^(b-1), step_b = |alpha_b| + 1e-10 and beta the offset,
+exactly the FIXED-phase fake quantization, so outputs are equal to the
+bit. Whole-row gathers and constant-width unpacking are what make the
+lookup fast: gathering a variable number of single bytes per row and
+unpacking at per-row widths cost about twice as much.
 
-Two indexes find a row's bytes; conversion keeps the smaller one.
+Two indexes give an id's class and slot; conversion keeps the smaller.
 
-- "segments": maximal runs of consecutive ids at the same bit-width, rows
-  stored in id order. When the vocabulary is frequency ordered (as an
-  adapted StringLookup / IntegerLookup vocabulary is), each frequency
-  group is one id range: at most one segment per group, 16 bytes each.
-- "ranks", for any other id order: rows stored class by class (a class is
-  one bit-width, pruned included), each row's class as a k-bit code,
-  k = ceil(log2(classes)), in k bit-planes of 64-bit words, plus per block
-  of 2048 rows each class's row count before the block. A row's slot in
-  its class is that count plus a popcount over its block's words. Cost:
-  k bits per row plus 32 x classes bits per 2048 rows (0.11 bits per row
-  for 7 classes).
+- "segments": maximal runs of consecutive ids at the same bit-width,
+  each with its class and the slot of its first id (12 bytes per run).
+  When the vocabulary is frequency ordered (as an adapted StringLookup /
+  IntegerLookup vocabulary is), each frequency group is one id range: at
+  most one segment per group.
+- "ranks", for any other id order: each row's class as a k-bit code,
+  k = ceil(log2(classes)), in k bit-planes of 64-bit words, plus per
+  block of 2048 rows each class's row count before the block. A row's
+  slot is that count plus a popcount over its block's words. Cost: k bits
+  per row plus 32 x classes bits per 2048 rows (0.11 bits per row for 7
+  classes).
 
 Variables (C classes, P = max(1, k) planes, B = ceil(rows / 2048)):
 
-| variable       | shape          | dtype   | role                          |
-|----------------|----------------|---------|-------------------------------|
-| packed_codes   | (bytes,)       | uint8   | all rows' codes, row by row   |
-| step_sizes     | (8,)           | float32 | step_b for b = 1..8           |
-| offset         | (dim,)         | float32 | beta                          |
-| segment_starts | (segments,)    | int32   | "segments": first id of each  |
-| segment_bits   | (segments,)    | int32   | "segments": its bit-width     |
-| segment_bytes  | (segments,)    | int64   | "segments": its first byte    |
-| class_planes   | (P, 32 B)      | int64   | "ranks": class code bit-planes|
-| block_counts   | (B, C)         | int32   | "ranks": rows per class before|
-| class_bits     | (C,)           | int32   | "ranks": bit-width of a class |
-| class_bytes    | (C,)           | int64   | "ranks": first byte of a class|
+| variable        | shape             | dtype   | role                       |
+|-----------------|-------------------|---------|----------------------------|
+| codes_<b>bit    | (rows_b, bytes_b) | uint8   | the rows at b bits, packed |
+| step_sizes      | (8,)              | float32 | step_b for b = 1..8        |
+| offset          | (dim,)            | float32 | beta                       |
+| segment_starts  | (segments,)       | int32   | "segments": first id       |
+| segment_classes | (segments,)       | int32   | "segments": its class      |
+| segment_slots   | (segments,)       | int32   | "segments": its first slot |
+| class_planes    | (P, 32 B)         | int64   | "ranks": class code planes |
+| block_counts    | (B, C)            | int32   | "ranks": rows per class    |
+|                 |                   |         | before each block          |
+
+Classes are the distinct bit-widths in increasing order (`class_rows`).
 """
 
 import math
@@ -55,6 +60,7 @@ keras = _compat.keras
 INDEXES = ("segments", "ranks")
 WORDS_PER_BLOCK = 32
 ROWS_PER_BLOCK = 64 * WORDS_PER_BLOCK
+SEGMENT_BYTES = 12
 
 
 def _segments(row_bits):
@@ -71,16 +77,13 @@ def _num_planes(num_classes) -> int:
 def _rank_index_bytes(rows, num_classes) -> int:
     blocks = -(-rows // ROWS_PER_BLOCK)
     planes = _num_planes(num_classes)
-    return (
-        8 * planes * WORDS_PER_BLOCK * blocks
-        + 4 * blocks * num_classes
-        + 12 * num_classes
-    )
+    return 8 * planes * WORDS_PER_BLOCK * blocks + 4 * blocks * num_classes
 
 
 def _class_planes(codes, planes, words) -> np.ndarray:
     """Bit j of each row's class code, 64 rows per little-endian word."""
-    bits = (codes[None, :] >> np.arange(planes)[:, None]) & 1
+    shifts = np.arange(planes, dtype=np.uint8)[:, None]
+    bits = (codes.astype(np.uint8)[None, :] >> shifts) & 1
     padded = np.zeros((planes, words * 64), np.uint8)
     padded[:, : codes.size] = bits
     packed = np.packbits(padded, axis=1, bitorder="little")
@@ -104,19 +107,20 @@ class FixedBitEmbedding(keras.layers.Layer):
     Args:
         input_dim: Integer. Size of the vocabulary.
         output_dim: Integer. Width of each row.
-        num_bytes: Integer. Size of the packed code buffer.
+        class_rows: Sequence of `(bits, rows)` pairs: the rows stored at
+            each bit-width (0 = pruned), one pair per class.
         index: "segments" or "ranks" (see the module docstring).
         num_segments: Integer. Runs of consecutive ids at one bit-width
             ("segments" index).
-        num_classes: Integer. Distinct bit-widths ("ranks" index).
         groups: Dict of per-group lists ("bits", "rows", "count") from the
             search, for reports; not used by the lookup, not a variable.
         **kwargs: Base layer keyword arguments.
 
     Attributes:
         static_shapes: Boolean, False by default. True skips the
-            de-duplication of ids (`tf.unique`), which is slow under XLA;
-            `export_saved_model(jit_compile=True)` sets it.
+            de-duplication of ids (`tf.unique`) and the split of ids by
+            class (`DynamicPartition`), neither of which XLA compiles
+            well; `export_saved_model(jit_compile=True)` sets it.
 
     Input shape:
         Integer tensor of any shape `(...)`.
@@ -129,10 +133,9 @@ class FixedBitEmbedding(keras.layers.Layer):
         self,
         input_dim,
         output_dim,
-        num_bytes,
+        class_rows,
         index="segments",
         num_segments=0,
-        num_classes=0,
         groups=None,
         **kwargs,
     ):
@@ -141,18 +144,35 @@ class FixedBitEmbedding(keras.layers.Layer):
             raise ValueError(
                 f"`index` must be one of {INDEXES}. Received: index={index!r}"
             )
+        pairs = sorted((int(b), int(r)) for b, r in class_rows)
+        bits = [b for b, _ in pairs]
+        if (
+            not pairs
+            or len(set(bits)) != len(bits)
+            or not all(0 <= b <= MAX_BITS and r > 0 for b, r in pairs)
+            or sum(r for _, r in pairs) != input_dim
+        ):
+            raise ValueError(
+                "`class_rows` must be (bits, rows) pairs with distinct bits "
+                f"from 0 to {MAX_BITS}, rows > 0, rows summing to "
+                f"input_dim={input_dim}. Received: class_rows={class_rows}"
+            )
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
-        self.num_bytes = int(num_bytes)
+        self.class_rows = pairs
         self.index = index
         self.num_segments = int(num_segments)
-        self.num_classes = int(num_classes)
         self.groups = groups
         self.static_shapes = False
-        # One row read never runs past the buffer: pad by the widest row
-        # plus the byte that `unpack_codes` reads after the last code.
-        self._read_width = packing.bytes_per_row(MAX_BITS, output_dim) + 1
         self.build()
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes of packed codes (the payload, rounded up per row)."""
+        return sum(
+            rows * packing.bytes_per_row(bits, self.output_dim)
+            for bits, rows in self.class_rows
+        )
 
     def build(self, input_shape=None):
         if self.built:
@@ -167,67 +187,95 @@ class FixedBitEmbedding(keras.layers.Layer):
                 initializer="zeros",
             )
 
-        self._packed_codes = state(
-            "packed_codes", (self.num_bytes + self._read_width,), "uint8"
-        )
+        # A list (not a dict keyed by bits: tf_keras cannot checkpoint
+        # variables under non-string keys), in class order.
+        self._codes = [
+            state(
+                f"codes_{bits}bit",
+                (rows, packing.bytes_per_row(bits, self.output_dim)),
+                "uint8",
+            )
+            for bits, rows in self.class_rows
+            if bits > 0
+        ]
         if self.index == "segments":
             segments = (self.num_segments,)
             self._segment_starts = state("segment_starts", segments, "int32")
-            self._segment_bits = state("segment_bits", segments, "int32")
-            self._segment_bytes = state("segment_bytes", segments, "int64")
+            self._segment_classes = state("segment_classes", segments, "int32")
+            self._segment_slots = state("segment_slots", segments, "int32")
         else:
+            classes = len(self.class_rows)
             blocks = -(-self.input_dim // ROWS_PER_BLOCK)
-            planes = (_num_planes(self.num_classes), blocks * WORDS_PER_BLOCK)
-            classes = (self.num_classes,)
+            planes = (_num_planes(classes), blocks * WORDS_PER_BLOCK)
             self._class_planes = state("class_planes", planes, "int64")
             self._block_counts = state(
-                "block_counts", (blocks, self.num_classes), "int32"
+                "block_counts", (blocks, classes), "int32"
             )
-            self._class_bits = state("class_bits", classes, "int32")
-            self._class_bytes = state("class_bytes", classes, "int64")
         self._step_sizes = state("step_sizes", (MAX_BITS,))
         self._offset = state("offset", (self.output_dim,))
         self.built = True
 
     def call(self, inputs):
-        ids = tf.cast(inputs, tf.int32)
-        unique_ids = tf.reshape(ids, [-1])
+        ids = tf.reshape(tf.cast(inputs, tf.int32), [-1])
         if not self.static_shapes:
-            # Unpack each distinct id once, then spread the rows back out
-            # (under XLA sorting out duplicates costs more than it saves).
-            unique_ids, positions = tf.unique(unique_ids)
+            # Unpack each distinct id once, then spread the rows back out.
+            ids, positions = tf.unique(ids)
         if self.index == "segments":
-            first, bits = self._locate_by_segments(unique_ids)
+            classes, slots = self._locate_by_segments(ids)
         else:
-            first, bits = self._locate_by_ranks(unique_ids)
-        offsets = tf.range(self._read_width, dtype=tf.int64)
-        packed = tf.gather(
-            _compat.tf_variable(self._packed_codes), first[:, None] + offsets
-        )
-        safe_bits = tf.maximum(bits, 1)
-        codes = packing.unpack_codes(packed, safe_bits, self.output_dim)
-        lo = -tf.bitwise.left_shift(1, safe_bits - 1)
-        step = tf.gather(_compat.read(self._step_sizes), safe_bits - 1)
-        offset = _compat.read(self._offset)
-        values = tf.cast(codes + lo[:, None], tf.float32) * step[:, None]
-        values = (values + offset) * tf.cast(bits > 0, tf.float32)[:, None]
-        if not self.static_shapes:
+            classes, slots = self._locate_by_ranks(ids)
+        if self.static_shapes:
+            values = self._rows_static(classes, slots)
+        else:
+            values = self._rows_by_class(classes, slots)
             values = tf.gather(values, positions)
-        shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
+        shape = tf.concat([tf.shape(inputs), [self.output_dim]], 0)
         return tf.cast(tf.reshape(values, shape), self.compute_dtype)
 
+    def _dequantized(self, bits, slots):
+        """The rows at `slots` of the b-bit class, as floats."""
+        stored = [b for b, _ in self.class_rows if b > 0]
+        packed = _compat.gather_rows(self._codes[stored.index(bits)], slots)
+        codes = packing.unpack_rows(packed, bits, self.output_dim)
+        lo = quantizer.integer_range(bits)[0]
+        step = _compat.read(self._step_sizes)[bits - 1]
+        return tf.cast(codes + lo, tf.float32) * step + _compat.read(
+            self._offset
+        )
+
+    def _rows_by_class(self, classes, slots):
+        """Splits the ids by class, unpacks each class's rows, rejoins."""
+        count = len(self.class_rows)
+        slots = tf.dynamic_partition(slots, classes, count)
+        where = tf.dynamic_partition(tf.range(tf.size(classes)), classes, count)
+        parts = [
+            self._dequantized(bits, part)
+            if bits
+            else tf.zeros([tf.size(part), self.output_dim])
+            for (bits, _), part in zip(self.class_rows, slots, strict=True)
+        ]
+        return tf.dynamic_stitch(where, parts)
+
+    def _rows_static(self, classes, slots):
+        """Every class's candidate row for every id, the right one kept."""
+        values = tf.zeros([tf.size(classes), self.output_dim])
+        for code, (bits, _) in enumerate(self.class_rows):
+            if bits:
+                member = tf.equal(classes, code)
+                rows = self._dequantized(bits, tf.where(member, slots, 0))
+                values = tf.where(member[:, None], rows, values)
+        return values
+
     def _locate_by_segments(self, ids):
-        """First byte and bit-width of each id's row."""
+        """Class and slot of each id."""
         starts = _compat.read(self._segment_starts)
         segment = tf.searchsorted(starts, ids, side="right") - 1
-        bits = tf.gather(_compat.read(self._segment_bits), segment)
-        row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
-        first = tf.gather(_compat.read(self._segment_bytes), segment)
-        rank = tf.cast(ids - tf.gather(starts, segment), tf.int64)
-        return first + rank * row_bytes, bits
+        classes = tf.gather(_compat.read(self._segment_classes), segment)
+        first = tf.gather(_compat.read(self._segment_slots), segment)
+        return classes, first + ids - tf.gather(starts, segment)
 
     def _locate_by_ranks(self, ids):
-        """First byte and bit-width of each id's row (rank/select)."""
+        """Class and slot of each id (rank/select)."""
         planes = _compat.read(self._class_planes)
         word = ids // 64
         bit = tf.cast(ids % 64, tf.uint64)
@@ -270,36 +318,21 @@ class FixedBitEmbedding(keras.layers.Layer):
         counts = tf.raw_ops.PopulationCount(
             x=tf.bitwise.bitwise_and(match, mask)
         )
-        rank = tf.reduce_sum(tf.cast(counts, tf.int64), axis=1)
+        rank = tf.reduce_sum(tf.cast(counts, tf.int32), axis=1)
         before = tf.gather_nd(
             _compat.read(self._block_counts), tf.stack([block, code], 1)
         )
-        bits = tf.gather(_compat.read(self._class_bits), code)
-        row_bytes = tf.cast((bits * self.output_dim + 7) // 8, tf.int64)
-        first = tf.gather(_compat.read(self._class_bytes), code)
-        return first + (tf.cast(before, tf.int64) + rank) * row_bytes, bits
+        return code, before + rank
 
     def rows_per_bits(self) -> dict:
         """Rows stored at each bit-width (0 = pruned)."""
-        if self.index == "segments":
-            starts = self._segment_starts.numpy().astype(np.int64)
-            bits = self._segment_bits.numpy()
-            lengths = np.diff(np.append(starts, self.input_dim))
-        else:
-            bits = self._class_bits.numpy()
-            planes = self._class_planes.numpy()
-            stream = np.unpackbits(
-                planes.astype("<i8").view(np.uint8), axis=1, bitorder="little"
-            )[:, : self.input_dim]
-            codes = (stream << np.arange(len(stream))[:, None]).sum(0)
-            lengths = np.bincount(codes, minlength=len(bits))
-        return {int(b): int(lengths[bits == b].sum()) for b in np.unique(bits)}
+        return dict(self.class_rows)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
 
     @classmethod
-    def from_searched(cls, layer, chunk_rows: int = 1 << 20, index="auto"):
+    def from_searched(cls, layer, chunk_rows: int = 1 << 18, index="auto"):
         """Converts a MixedPrecisionEmbedding in its FIXED phase.
 
         Args:
@@ -322,102 +355,108 @@ class FixedBitEmbedding(keras.layers.Layer):
                 f"Received: index={index!r}"
             )
         dim = layer.output_dim
-        row_bits = layer._chosen_bits.numpy()[layer._group_ids.numpy()]
-        seg_starts, seg_bits = _segments(row_bits)
-        classes, class_of_row = np.unique(row_bits, return_inverse=True)
+        # Per-row arrays kept small (int8 / int32, no sorting): conversion
+        # must fit next to the float table.
+        row_bits = layer._chosen_bits.numpy().astype(np.int8)[
+            layer._group_ids.numpy()
+        ]
+        seg_starts, _ = _segments(row_bits)
+        per_bits = np.bincount(row_bits, minlength=MAX_BITS + 1)
+        classes = np.flatnonzero(per_bits)
+        class_sizes = per_bits[classes]
+        class_of_bits = np.zeros(MAX_BITS + 1, np.int8)
+        class_of_bits[classes] = np.arange(len(classes))
+        class_of_row = class_of_bits[row_bits]
         if index == "auto":
-            by_segments = 16 * len(seg_starts)
+            by_segments = SEGMENT_BYTES * len(seg_starts)
             by_ranks = _rank_index_bytes(layer.input_dim, len(classes))
             index = "segments" if by_segments <= by_ranks else "ranks"
-        row_bytes = (row_bits.astype(np.int64) * dim + 7) // 8
-        if index == "segments":  # rows in id order
-            row_first = np.concatenate([[0], np.cumsum(row_bytes)])[:-1]
-        else:  # rows class by class, in id order within a class
-            order = np.argsort(class_of_row, kind="stable")
-            row_first = np.empty_like(row_bytes)
-            row_first[order] = np.concatenate(
-                [[0], np.cumsum(row_bytes[order])]
-            )[:-1]
-        num_bytes = int(row_bytes.sum())
+        # A row's slot: its rank among the rows of its class, in id order.
+        slot_of_row = np.empty(layer.input_dim, np.int32)
+        for code, size in enumerate(class_sizes):
+            members = class_of_row == code
+            slot_of_row[members] = np.arange(size, dtype=np.int32)
         summary = layer.bits_per_group()
-        groups = {k: summary[k].tolist() for k in ("bits", "rows", "count")}
         fixed = cls(
             layer.input_dim,
             dim,
-            num_bytes,
+            list(zip(classes.tolist(), class_sizes.tolist(), strict=True)),
             index=index,
             num_segments=len(seg_starts) if index == "segments" else 0,
-            num_classes=len(classes) if index == "ranks" else 0,
-            groups=groups,
+            groups={k: summary[k].tolist() for k in ("bits", "rows", "count")},
             name=layer.name,
         )
-        buffer = np.zeros(num_bytes + fixed._read_width, np.uint8)
         steps, offset = layer.quantizer_parameters()
         steps = tf.abs(tf.constant(steps)) + quantizer.STEP_EPSILON
         offset = tf.constant(offset)
         step_of = dict(zip(layer.quantized_bits, steps.numpy(), strict=True))
+        buffers = {
+            bits: np.zeros(variable.shape, np.uint8)
+            for bits, variable in zip(
+                classes[classes > 0].tolist(), fixed._codes, strict=True
+            )
+        }
         table = layer._embeddings
         for start in range(0, layer.input_dim, chunk_rows):
             rows = slice(start, min(start + chunk_rows, layer.input_dim))
             values = tf.convert_to_tensor(table[rows])
-            for bits in np.unique(row_bits[rows]):
+            for bits in np.unique(row_bits[rows]).tolist():
                 if bits == 0:
                     continue
                 members = np.flatnonzero(row_bits[rows] == bits)
-                lo, hi = quantizer.integer_range(int(bits))
+                lo, hi = quantizer.integer_range(bits)
                 scaled = (tf.gather(values, members) - offset) / step_of[bits]
                 codes = tf.clip_by_value(tf.round(scaled), lo, hi) - lo
-                packed = packing.pack_codes(
-                    codes.numpy().astype(np.int64), int(bits)
+                buffers[bits][slot_of_row[start + members]] = (
+                    packing.pack_codes(codes.numpy().astype(np.uint8), bits)
                 )
-                first = row_first[start + members]
-                buffer[first[:, None] + np.arange(packed.shape[1])] = packed
+        for variable, buffer in zip(
+            fixed._codes, buffers.values(), strict=True
+        ):
+            variable.assign(buffer)
         step_table = np.ones(MAX_BITS, np.float32)
         for bits, step in step_of.items():
             step_table[bits - 1] = step
-        fixed._packed_codes.assign(buffer)
         fixed._step_sizes.assign(step_table)
         fixed._offset.assign(offset.numpy())
         if index == "segments":
             fixed._segment_starts.assign(seg_starts.astype(np.int32))
-            fixed._segment_bits.assign(seg_bits.astype(np.int32))
-            fixed._segment_bytes.assign(row_first[seg_starts])
+            fixed._segment_classes.assign(
+                class_of_row[seg_starts].astype(np.int32)
+            )
+            fixed._segment_slots.assign(
+                slot_of_row[seg_starts].astype(np.int32)
+            )
         else:
-            fixed._assign_ranks(classes, class_of_row, row_bytes)
+            fixed._assign_ranks(class_of_row)
         return fixed
 
-    def _assign_ranks(self, classes, class_of_row, row_bytes):
-        blocks = self._block_counts.shape[0]
+    def _assign_ranks(self, class_of_row):
+        blocks, classes = self._block_counts.shape
         planes = self._class_planes.shape[0]
         self._class_planes.assign(
             _class_planes(class_of_row, planes, blocks * WORDS_PER_BLOCK)
         )
-        block_rows = np.zeros((blocks * ROWS_PER_BLOCK,), np.int64) - 1
+        block_rows = np.full((blocks * ROWS_PER_BLOCK,), -1, np.int8)
         block_rows[: class_of_row.size] = class_of_row
         per_block = np.stack(
             [
                 (block_rows.reshape(blocks, -1) == c).sum(1)
-                for c in range(len(classes))
+                for c in range(classes)
             ],
             axis=1,
         )
         before = np.cumsum(per_block, axis=0) - per_block
         self._block_counts.assign(before.astype(np.int32))
-        self._class_bits.assign(classes.astype(np.int32))
-        class_sizes = np.bincount(
-            class_of_row, weights=row_bytes, minlength=len(classes)
-        ).astype(np.int64)
-        self._class_bytes.assign(np.cumsum(class_sizes) - class_sizes)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             input_dim=self.input_dim,
             output_dim=self.output_dim,
-            num_bytes=self.num_bytes,
+            class_rows=[list(pair) for pair in self.class_rows],
             index=self.index,
             num_segments=self.num_segments,
-            num_classes=self.num_classes,
             groups=self.groups,
         )
         return config

@@ -3,10 +3,12 @@
 A row of `dim` codes of `bits` bits each is one little-endian bit stream:
 code j occupies bits [j * bits, (j + 1) * bits) of the row, and the row
 takes ceil(dim * bits / 8) bytes. Packing runs once, in numpy, at
-conversion time. Unpacking runs in the serving graph on the gathered bytes
-of the requested rows only, with Gather, Cast, shifts and masks: every op
-is in TensorFlow's core registry, so TF Serving runs it.
+conversion time. Unpacking runs in the serving graph on the gathered rows
+only, with Reshape, Cast, Sum, shifts and masks: every op is in
+TensorFlow's core registry, so TF Serving runs it.
 """
+
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -46,38 +48,49 @@ def pack_codes(codes, bits: int) -> np.ndarray:
         )
     rows, dim = codes.shape
     # Bit k of code j lands at bit j * bits + k of the row.
-    planes = (codes[:, :, None].astype(np.uint8) >> np.arange(bits)) & 1
+    shifts = np.arange(bits, dtype=np.uint8)
+    planes = (codes[:, :, None].astype(np.uint8) >> shifts) & 1
     stream = planes.reshape(rows, dim * bits)
     padded = np.zeros((rows, 8 * bytes_per_row(bits, dim)), np.uint8)
     padded[:, : dim * bits] = stream
     return np.packbits(padded, axis=1, bitorder="little")
 
 
-def unpack_codes(packed, bits, dim: int):
-    """Unpacks rows packed by `pack_codes`, each at its own bit-width.
+def unpack_rows(packed, bits: int, dim: int):
+    """Unpacks rows packed by `pack_codes`, all at one bit-width.
+
+    Only whole-row reshapes and elementwise shifts, no per-code gathers:
+    8 / gcd(bits, 8) codes fill bits / gcd(bits, 8) bytes exactly (a
+    "chunk", at most 7 bytes), so each chunk is read as one integer and
+    its codes are shifted out of it at constant offsets.
+
+    Example:
+
+    >>> unpack_rows(pack_codes([[1, 2, 3]], bits=2), bits=2, dim=3)
+    <tf.Tensor: ... numpy=array([[1, 2, 3]], dtype=int32)>
 
     Args:
-        packed: uint8 tensor `(n, width)`: each row's bytes, zero padded on
-            the right to a common width of at least
-            `bytes_per_row(max bits, dim) + 1`.
-        bits: int32 tensor `(n,)` (or a scalar): each row's bit-width,
-            from 1 to 8.
+        packed: uint8 tensor `(n, bytes_per_row(bits, dim))`.
+        bits: Integer from 1 to 8.
         dim: Integer. Codes per row.
 
     Returns:
         int32 tensor `(n, dim)` of unsigned codes.
     """
-    packed = tf.cast(packed, tf.int32)
-    bits = tf.reshape(tf.cast(bits, tf.int32), [-1, 1])
-    first_bit = tf.broadcast_to(
-        tf.range(dim, dtype=tf.int32)[None, :] * bits,
-        [tf.shape(packed)[0], dim],
+    common = math.gcd(bits, 8)
+    chunk_bytes, chunk_codes = bits // common, 8 // common
+    chunks = -(-dim // chunk_codes)
+    missing = chunks * chunk_bytes - bytes_per_row(bits, dim)
+    if missing:  # the row's last chunk is partly padding
+        packed = tf.pad(packed, [[0, 0], [0, missing]])
+    word = tf.int32 if chunk_bytes <= 3 else tf.int64
+    chunk = tf.reshape(packed, [-1, chunks, chunk_bytes])
+    place = tf.constant([1 << (8 * k) for k in range(chunk_bytes)], word)
+    values = tf.reduce_sum(tf.cast(chunk, word) * place, axis=-1)
+    shifts = tf.constant([bits * j for j in range(chunk_codes)], word)
+    codes = tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(values[:, :, None], shifts),
+        tf.constant((1 << bits) - 1, word),
     )
-    byte = tf.bitwise.right_shift(first_bit, 3)
-    shift = tf.bitwise.bitwise_and(first_bit, 7)
-    # A code of <= 8 bits spans at most two consecutive bytes.
-    low = tf.gather(packed, byte, batch_dims=1)
-    high = tf.gather(packed, byte + 1, batch_dims=1)
-    word = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(high, 8))
-    mask = tf.bitwise.left_shift(tf.ones_like(bits), bits) - 1
-    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, shift), mask)
+    codes = tf.reshape(codes, [-1, chunks * chunk_codes])[:, :dim]
+    return tf.cast(codes, tf.int32)

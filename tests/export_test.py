@@ -111,9 +111,8 @@ class ReportTest(tf.test.TestCase):
         self.assertEqual(100 * 8 * (1 + 3 + 5 + 6), layer.payload_bits)
         self.assertEqual(500 * 8 * 4, layer.float32_bytes)
         self.assertAllClose(32 * 5 / 15, layer.payload_compression)
-        # Codes + 9 bytes of read padding + 5 segments x 16 bytes + steps
-        # and offset (8 + 8 floats).
-        self.assertEqual(1500 + 9 + 5 * 16 + 16 * 4, layer.real_bytes)
+        # Codes + 5 segments x 12 bytes + steps and offset (8 + 8 floats).
+        self.assertEqual(1500 + 5 * 12 + 16 * 4, layer.real_bytes)
         self.assertEqual([0, 1, 3, 5, 6], layer.groups["bits"])
         self.assertEqual(report.metric_before, report.metric_after)
         as_dict = report.as_dict()

@@ -80,8 +80,7 @@ class FixedBitTest(tf.test.TestCase):
         index_bytes = sum(
             int(np.prod(w.shape)) * 8 if "int64" in str(w.dtype) else
             int(np.prod(w.shape)) * 4
-            for w in (fixed._class_planes, fixed._block_counts,
-                      fixed._class_bits, fixed._class_bytes)
+            for w in (fixed._class_planes, fixed._block_counts)
         )  # fmt: skip
         # ceil(log2 7) = 3 bits per row, plus 7 int32 counts per 2048 rows
         # (0.11 bits per row) and the 2048-row padding of the last block.
@@ -93,7 +92,15 @@ class FixedBitTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "index='rank'"):
             FixedBitEmbedding.from_searched(searched_layer(), index="rank")
         with self.assertRaisesRegex(ValueError, "index='x'"):
-            FixedBitEmbedding(10, 2, num_bytes=4, index="x")
+            FixedBitEmbedding(10, 2, [(0, 10)], index="x")
+        for class_rows in (
+            [(1, 4), (1, 6)],
+            [(9, 10)],
+            [(2, 5)],
+            [(3, 0), (2, 10)],
+        ):
+            with self.assertRaisesRegex(ValueError, "`class_rows` must be"):
+                FixedBitEmbedding(10, 2, class_rows)
 
     def test_only_fixed_layers_convert(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
