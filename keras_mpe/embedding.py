@@ -40,12 +40,17 @@ The step sizes and the offset are stored in units of `scale`, the table's
 mean |e| when the step sizes are initialised, and used as alpha_b =
 scale * step_sizes[b] and beta = scale * offset. Adaptive optimizers (Adam,
 Adagrad) move every variable by about the learning rate per step whatever
-its gradient's size; stored in absolute units, alpha and beta of a table
-whose entries are about 0.01 moved by ten percent of the table's scale per
-step, and on long searches (about 500 steps of a 2M-row data set) beta
-drifted past the 1- and 2-bit ranges and the step sizes grew 20-50 fold,
-so every low-bit row came out as the same constant. In units of the scale
-they move at the table's pace.
+its gradient's size, and the LSQ gradients of alpha and beta keep their
+sign for many steps. Stored in absolute units, alpha and beta of a table
+whose entries are about 0.01 moved by a tenth of that scale per step: on
+a long search (490 steps of a 2M-row data set) beta drifted past the 1-
+and 2-bit ranges and the step sizes grew 20-50 fold, so every low-bit row
+came out as the same constant and the most frequent groups were pruned.
+In units of the scale they move by about the learning rate relative to
+the scale (0.1% per step at Adam's 1e-3). The price: step sizes cannot
+follow a table that grows several fold after they are set (uniform QAT
+started on an untrained table; `MPECallback` sets them after a float
+warm-up).
 """
 
 import enum

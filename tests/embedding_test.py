@@ -184,7 +184,7 @@ class PhaseOutputTest(tf.test.TestCase):
         self.assertAllClose(mean_abs, layer._quantizer_scale.numpy())
         self.assertAllClose(2 / np.array(root), layer._step_sizes.numpy())
 
-    def test_adam_moves_quantizer_at_the_table_pace(self):
+    def test_adam_moves_quantizer_relative_to_scale(self):
         # Adam's first step moves each variable by its learning rate: with
         # alpha and beta stored in units of the table's scale, that is the
         # learning rate times the scale in the table's units.
