@@ -63,11 +63,10 @@ ROWS_PER_BLOCK = 64 * WORDS_PER_BLOCK
 SEGMENT_BYTES = 12
 
 
-def _segments(row_bits):
-    """Start index and bit-width of each run of equal bits."""
+def _segment_starts(row_bits):
+    """First index of each run of equal bits."""
     change = np.flatnonzero(np.diff(row_bits)) + 1
-    starts = np.concatenate([[0], change]).astype(np.int64)
-    return starts, row_bits[starts]
+    return np.concatenate([[0], change]).astype(np.int64)
 
 
 def _num_planes(num_classes) -> int:
@@ -234,7 +233,7 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def _dequantized(self, bits, slots):
         """The rows at `slots` of the b-bit class, as floats."""
-        stored = [b for b, _ in self.class_rows if b > 0]
+        stored = [b for b, _ in self.class_rows if b > 0]  # as _codes
         packed = _compat.gather_rows(self._codes[stored.index(bits)], slots)
         codes = packing.unpack_rows(packed, bits, self.output_dim)
         lo = quantizer.integer_range(bits)[0]
@@ -360,7 +359,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         row_bits = layer._chosen_bits.numpy().astype(np.int8)[
             layer._group_ids.numpy()
         ]
-        seg_starts, _ = _segments(row_bits)
+        seg_starts = _segment_starts(row_bits)
         per_bits = np.bincount(row_bits, minlength=MAX_BITS + 1)
         classes = np.flatnonzero(per_bits)
         class_sizes = per_bits[classes]
