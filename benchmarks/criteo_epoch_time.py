@@ -83,7 +83,6 @@ def main():
 
     baseline = dnn(keras.layers.Embedding(vocabulary, 16), fields, args.jit)
     layer = keras_mpe.MixedPrecisionEmbedding(vocabulary, 16)
-    layer.static_shapes = args.jit
     model = dnn(layer, fields, args.jit)
     (counts,) = frequency.count_ids(model, [layer], train)
     layer.set_frequencies(counts)

@@ -111,7 +111,15 @@ def parse_args():
         default=0.003,
         help="table init N(0, std^2) for every method (the reference's)",
     )
-    parser.add_argument("--mlp", help="hidden units, e.g. 1024,512,256")
+    parser.add_argument(
+        "--mlp", help="hidden units, e.g. 1024,512,256; '' for none"
+    )
+    parser.add_argument(
+        "--no-batchnorm",
+        dest="batchnorm",
+        action="store_false",
+        help="hidden layers without BatchNormalization",
+    )
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--max-cardinality", type=int, default=200_000)
     parser.add_argument("--out", help="results folder")
@@ -133,7 +141,7 @@ def parse_args():
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.mlp = [int(u) for u in args.mlp.split(",")]
+    args.mlp = [int(u) for u in args.mlp.split(",") if u]
     args.methods = set(args.methods.split(","))
     args.penalties = [float(p) for p in args.penalties.split(",")]
     args.qat_bits = [int(b) for b in args.qat_bits.split(",")]
@@ -240,7 +248,7 @@ def synthetic_data(args, seed) -> Data:
 
 # ---------------------------------------------------------------- the model
 def backbone(embedding, data, args):
-    """Embeddings (+ numeric) -> MLP with BatchNorm + ReLU -> output."""
+    """Embeddings (+ numeric) -> MLP (Dense, BatchNorm, ReLU) -> output."""
     features = data.train.element_spec[0]
     fields = features["categorical"].shape[-1]
     categorical = keras.Input((fields,), dtype="int32", name="categorical")
@@ -252,7 +260,8 @@ def backbone(embedding, data, args):
         x = keras.layers.Concatenate()([x, numeric])
     for units in args.mlp:
         x = keras.layers.Dense(units)(x)
-        x = keras.layers.BatchNormalization(momentum=0.9)(x)  # as PyTorch
+        if args.batchnorm:
+            x = keras.layers.BatchNormalization(momentum=0.9)(x)  # PyTorch's
         x = keras.layers.ReLU()(x)
     activation = None if data.rating else "sigmoid"
     model = keras.Model(inputs, keras.layers.Dense(1, activation)(x))

@@ -118,7 +118,6 @@ def main():
     ids = zipf_ids(args.rows, (4096, 26))
     float_table = keras.layers.Embedding(args.rows, args.dim)
     for jit in (False, True):
-        fixed.static_shapes = jit
         plain = tf.function(float_table, jit_compile=jit)
         packed = tf.function(fixed, jit_compile=jit)
         base = timing.time_call(lambda f=plain: f(ids), args.repeats)
@@ -128,7 +127,6 @@ def main():
             f"packed {1e3 * ours:7.2f} ms: {ours / base:5.2f}x"
         )
     for jit in (False, True):
-        fixed.static_shapes = jit
         float_model = tf.function(mlp(float_table, 26), jit_compile=jit)
         packed_model = tf.function(mlp(fixed, 26), jit_compile=jit)
         base = timing.time_call(lambda f=float_model: f(ids), args.repeats)

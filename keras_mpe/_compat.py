@@ -55,11 +55,15 @@ def read(weight):
     return tf.convert_to_tensor(tf_variable(weight))
 
 
-def uses_xla(model) -> bool:
-    """Whether `model` was compiled with `jit_compile=True`."""
-    if IS_KERAS_3:
-        return bool(model.jit_compile)
-    return bool(getattr(model, "_jit_compile", False))
+def in_xla_compilation() -> bool:
+    """Whether the function being traced will be compiled by XLA.
+
+    True inside `tf.function(jit_compile=True)` (which a Keras model
+    compiled with `jit_compile=True` uses for its train, test and predict
+    steps), including functions nested in one; False eagerly and in
+    functions run without XLA.
+    """
+    return tf.__internal__.get_enclosing_xla_context() is not None
 
 
 def replace_sublayer(parent, name, layer):

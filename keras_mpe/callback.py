@@ -155,8 +155,6 @@ class MPECallback(keras.callbacks.Callback):
                 "chosen at the start of epoch search_epochs. Give fit more "
                 "epochs than search_epochs."
             )
-        for layer in self.layers:
-            layer.static_shapes = _compat.uses_xla(self.model)
         if not all(layer.has_frequencies for layer in self.layers):
             self._count_frequencies()
 

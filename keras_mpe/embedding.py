@@ -152,12 +152,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Attributes:
-        static_shapes: Boolean, False by default. True quantizes every
-            candidate in every phase, keeping all shapes static as XLA
-            (`jit_compile=True`) needs; False quantizes only what the phase
-            uses, which is faster without XLA. `MPECallback` sets it from
-            the model's `jit_compile`; set it before the first call when
-            compiling your own training loop with XLA.
+        static_shapes: Boolean, False by default. Calls traced for XLA
+            (`jit_compile=True`, detected when the step is traced) quantize
+            every candidate in every phase, keeping all shapes static as
+            XLA needs; other calls quantize only what the phase uses,
+            which is faster without XLA. True forces the static form
+            everywhere.
 
     Input shape:
         Integer tensor of any shape `(...)`.
@@ -291,16 +291,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 self.bit_penalty * is_search * self._bit_cost(probabilities)
             )
         flat_ids = tf.reshape(ids, [-1])
-        if not self.static_shapes:
+        static = self.static_shapes or _compat.in_xla_compilation()
+        if not static:
             # Each distinct id is quantized once (XLA fuses the per-lookup
             # work instead, where sorting out duplicates costs more).
             flat_ids, positions = tf.unique(flat_ids)
         rows = _compat.gather_rows(self._embeddings, flat_ids)
         groups = _compat.gather_rows(self._group_ids, flat_ids)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
-        mixed = self._mix(rows, groups, phase, probabilities)
+        mixed = self._mix(rows, groups, phase, probabilities, static)
         outputs = is_float * rows + mixed
-        if not self.static_shapes:
+        if not static:
             outputs = tf.gather(outputs, positions)
         shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
@@ -340,19 +341,20 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         is_fixed = tf.cast(tf.equal(phase, Phase.FIXED), one_hot.dtype)
         return is_search * probabilities + is_fixed * one_hot
 
-    def _mix(self, rows, groups, phase, probabilities):
+    def _mix(self, rows, groups, phase, probabilities, static):
         """sum over candidates b > 0 of weight_b * Q_b(rows).
 
         By default only the candidates whose weight can be non-zero are
         quantized: every one while searching, each row's chosen one when
         FIXED, none in FLOAT. That column count depends on the phase
-        variable, which XLA compiles into very slow code; with
-        `static_shapes` every candidate is quantized in every phase.
+        variable, which XLA compiles into very slow code (a training step
+        did not finish in minutes); when `static`, every candidate is
+        quantized in every phase.
         """
         bits = self.quantized_bits
         first = len(self.bit_candidates) - len(bits)
         weights = self._mixture_weights(phase, probabilities)[:, first:]
-        if self.static_shapes:
+        if static:
             index = tf.range(len(bits))[None, :]
             row_weights = tf.gather(weights, groups)
         else:

@@ -56,8 +56,7 @@ def export_saved_model(
         signature: Dict of name -> `tf.TensorSpec`, or None to take it from
             a functional model's inputs. Required for subclassed models.
         jit_compile: Boolean. Compile the serving function with XLA (TF
-            Serving's XLA on CPU is experimental; off by default). Sets
-            the embedding layers' `static_shapes` to match.
+            Serving's XLA on CPU is experimental; off by default).
         allow_fake_quant: Boolean. Export a model that still holds
             MixedPrecisionEmbedding layers (float tables, fake quantized).
         overwrite: Boolean. Replace an existing, non-empty `path`.
@@ -97,10 +96,6 @@ def export_saved_model(
     positional = None
     if model_inputs is not None and not isinstance(model_inputs, dict):
         positional = list(input_signature(model))
-
-    for layer in model._flatten_layers(include_self=False):
-        if hasattr(layer, "static_shapes"):
-            layer.static_shapes = jit_compile
 
     @tf.function(input_signature=[signature], jit_compile=jit_compile)
     def serve(features):

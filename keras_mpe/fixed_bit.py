@@ -116,10 +116,11 @@ class FixedBitEmbedding(keras.layers.Layer):
         **kwargs: Base layer keyword arguments.
 
     Attributes:
-        static_shapes: Boolean, False by default. True skips the
-            de-duplication of ids (`tf.unique`) and the split of ids by
-            class (`DynamicPartition`), neither of which XLA compiles
-            well; `export_saved_model(jit_compile=True)` sets it.
+        static_shapes: Boolean, False by default. Calls traced for XLA
+            (`jit_compile=True`, detected when the function is traced)
+            skip the de-duplication of ids (`tf.unique`) and the split of
+            ids by class (`DynamicPartition`), neither of which XLA
+            compiles well. True forces that form everywhere.
 
     Input shape:
         Integer tensor of any shape `(...)`.
@@ -216,14 +217,15 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         ids = tf.reshape(tf.cast(inputs, tf.int32), [-1])
-        if not self.static_shapes:
+        static = self.static_shapes or _compat.in_xla_compilation()
+        if not static:
             # Unpack each distinct id once, then spread the rows back out.
             ids, positions = tf.unique(ids)
         if self.index == "segments":
             classes, slots = self._locate_by_segments(ids)
         else:
             classes, slots = self._locate_by_ranks(ids)
-        if self.static_shapes:
+        if static:
             values = self._rows_static(classes, slots)
         else:
             values = self._rows_by_class(classes, slots)

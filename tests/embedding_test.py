@@ -330,11 +330,24 @@ class SerializationTest(tf.test.TestCase):
         self._assert_same_state(model, keras.models.load_model(path))
 
 
+def test_xla_compilation_is_detected_while_tracing():
+    seen = []
+
+    def probe():
+        seen.append(_compat.in_xla_compilation())
+        return tf.constant(0)
+
+    tf.function(probe, jit_compile=True)()
+    tf.function(lambda: tf.function(probe)(), jit_compile=True)()  # nested
+    tf.function(probe)()
+    probe()
+    assert seen == [True, True, False, False]
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_trains_under_xla(jit_compile):
     layer = make_layer()
-    layer.set_phase(Phase.SEARCH)
-    layer.static_shapes = jit_compile
+    layer.set_phase(Phase.SEARCH)  # static shapes under XLA: detected
     model = testing_utils.compile_ctr(
         testing_utils.ctr_model(layer, 3), jit_compile=jit_compile
     )

@@ -44,11 +44,12 @@ class FixedBitTest(tf.test.TestCase):
     def test_static_shapes_under_xla(self):
         layer = searched_layer()
         fixed = FixedBitEmbedding.from_searched(layer)
-        fixed.static_shapes = True
         ids = np.arange(1000).reshape(50, 20) % 37
-        lookup = tf.function(fixed, jit_compile=True)
+        lookup = tf.function(fixed, jit_compile=True)  # static: detected
         # XLA may fuse multiply-adds: equal within float rounding.
         self.assertAllClose(layer(ids), lookup(tf.constant(ids)), atol=1e-6)
+        fixed.static_shapes = True  # forced, without XLA
+        self.assertAllClose(layer(ids), fixed(ids), atol=1e-6)
 
     def test_both_indexes_exact_for_any_id_order(self):
         ids = np.arange(1000).reshape(50, 20)
@@ -57,7 +58,6 @@ class FixedBitTest(tf.test.TestCase):
             for index in ("segments", "ranks"):
                 fixed = FixedBitEmbedding.from_searched(layer, index=index)
                 self.assertAllEqual(layer(ids), fixed(ids))
-                fixed.static_shapes = True
                 lookup = tf.function(fixed, jit_compile=True)
                 self.assertAllClose(
                     layer(ids), lookup(tf.constant(ids)), atol=1e-6
