@@ -30,6 +30,8 @@ plus `results.json`, `results.md` and PNG plots.
 
 `--data criteo|avazu|kdd12|movielens` read the samples in ../shared/data
 (or `--path`); the run stops with a message when they are absent.
+`--no-batchnorm` drops the MLP's BatchNorm layers and `--mlp ''` its
+hidden layers (a logistic regression on the embeddings), for every method.
 """
 
 import argparse
