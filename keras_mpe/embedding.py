@@ -153,11 +153,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     Attributes:
         static_shapes: Boolean, False by default. Calls traced for XLA
-            (`jit_compile=True`, detected when the step is traced) quantize
-            every candidate in every phase, keeping all shapes static as
-            XLA needs; other calls quantize only what the phase uses,
-            which is faster without XLA. True forces the static form
-            everywhere.
+            (`jit_compile=True`, detected when the step is traced) keep
+            every shape static, as XLA needs: no de-duplication of ids
+            (`tf.unique`) and a `tf.cond` on the phase instead of a
+            phase-dependent column count; other calls quantize each
+            distinct id of a batch once, which is faster without XLA.
+            True forces the static form everywhere.
 
     Input shape:
         Integer tensor of any shape `(...)`.
@@ -344,39 +345,53 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def _mix(self, rows, groups, phase, probabilities, static):
         """sum over candidates b > 0 of weight_b * Q_b(rows).
 
-        By default only the candidates whose weight can be non-zero are
-        quantized: every one while searching, each row's chosen one when
-        FIXED, none in FLOAT. That column count depends on the phase
-        variable, which XLA compiles into very slow code (a training step
-        did not finish in minutes); when `static`, every candidate is
-        quantized in every phase.
+        Only the candidates whose weight can be non-zero are quantized:
+        every one while searching, each row's chosen one otherwise (FIXED;
+        in FLOAT its weight is 0). By default the FIXED / FLOAT column
+        count (1 or 0) depends on the phase variable, which XLA compiles
+        into very slow code (a training step did not finish in minutes);
+        when `static`, a `tf.cond` on the phase picks between the search's
+        columns and the chosen one, each branch with static shapes.
         """
         bits = self.quantized_bits
         first = len(self.bit_candidates) - len(bits)
         weights = self._mixture_weights(phase, probabilities)[:, first:]
+        # FIXED: the chosen column (weight 1), or any one (weight 0) when
+        # the group is pruned.
+        chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
+        every = tf.range(len(bits))
+        is_search = tf.equal(phase, Phase.SEARCH)
+        # Gathered outside the cond: XLA cannot size the sparse gradient
+        # of a gather from inside one.
+        group_weights = tf.gather(weights, groups)
+        row_chosen = tf.gather(chosen, groups)[:, None]
         if static:
-            index = tf.range(len(bits))[None, :]
-            row_weights = tf.gather(weights, groups)
-        else:
-            is_search = tf.equal(phase, Phase.SEARCH)
-            active = tf.logical_or(
+            return tf.cond(
                 is_search,
-                tf.logical_and(
-                    tf.equal(phase, Phase.FIXED), tf.range(len(bits)) < 1
+                lambda: self._quantized_sum(rows, group_weights, every[None]),
+                lambda: self._quantized_sum(
+                    rows,
+                    tf.gather(group_weights, row_chosen, batch_dims=1),
+                    row_chosen,
                 ),
             )
-            columns = tf.boolean_mask(tf.range(len(bits)), active)
-            # FIXED: the chosen column (weight 1), or any one (weight 0)
-            # when the group is pruned.
-            chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
-            index = tf.where(
-                is_search,
-                columns[None, :],
-                tf.gather(chosen, groups)[:, None],
-            )
-            row_weights = tf.gather(
-                tf.gather(weights, groups), index, batch_dims=1
-            )
+        active = tf.logical_or(
+            is_search,
+            tf.logical_and(tf.equal(phase, Phase.FIXED), every < 1),
+        )
+        index = tf.where(
+            is_search, tf.boolean_mask(every, active)[None, :], row_chosen
+        )
+        row_weights = tf.gather(group_weights, index, batch_dims=1)
+        return self._quantized_sum(rows, row_weights, index)
+
+    def _quantized_sum(self, rows, row_weights, index):
+        """sum over c of row_weights[n, c] * Q_{bits[index[., c]]}(rows[n]).
+
+        `index` holds positions in `quantized_bits`: one row per id, or
+        one row for all ids.
+        """
+        bits = self.quantized_bits
 
         def per_column(values):
             return tf.gather(tf.constant(values, rows.dtype), index)[..., None]
