@@ -1,11 +1,13 @@
 """The math inside benchmarks/quality.py: AUC, the heuristic's budget,
 the post-training per-row round trip, the summaries."""
 
+import copy
 import os
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_mpe import _compat
 
@@ -85,3 +87,30 @@ def test_summarize_and_markdown():
     assert summary[1]["payload_compression"][0] == 32
     table = quality.markdown(summary, ["auc", "logloss"], "### t")
     assert "| mpe | 2 | 0.7300 +- 0.0100 | 0.5000 +- 0.0000 | 32.0 |" in table
+
+
+def test_backbone_follows_mlp_and_batchnorm_flags(monkeypatch):
+    keras = _compat.keras
+    monkeypatch.setattr(
+        sys, "argv", ["quality.py", "--data", "criteo", "--mlp", "8,4"]
+    )
+    with_norm = quality.parse_args()
+    monkeypatch.setattr(
+        sys, "argv", ["quality.py", "--mlp", "", "--no-batchnorm"]
+    )
+    linear = quality.parse_args()
+    assert (with_norm.mlp, with_norm.batchnorm) == ([8, 4], True)
+    assert (linear.mlp, linear.batchnorm) == ([], False)
+    ids = np.zeros((4, 3), np.int32)
+    train = tf.data.Dataset.from_tensor_slices(
+        ({"categorical": ids}, np.zeros(4, np.float32))
+    ).batch(2)
+    data = quality.Data(train, train, train, 10, rating=False)
+    without_norm = copy.copy(with_norm)
+    without_norm.batchnorm = False
+    cases = [(with_norm, 3, 2), (without_norm, 3, 0), (linear, 1, 0)]
+    for args, dense, norms in cases:
+        model = quality.backbone(keras.layers.Embedding(10, 2), data, args)
+        kinds = [type(layer).__name__ for layer in model.layers]
+        assert kinds.count("Dense") == dense, kinds
+        assert kinds.count("BatchNormalization") == norms, kinds
