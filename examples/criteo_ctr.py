@@ -145,7 +145,9 @@ def compile_ctr(model, args):
     )
 
 
-def train(embedding, data, args, callbacks=()):
+def train(embedding, data, args, callbacks=(), first_kept_epoch=0):
+    """Fits, then keeps the weights of the best validation epoch from
+    `first_kept_epoch` on (MPE: the first retraining epoch)."""
     train_data, val_data, test_data, _ = data
     keras.utils.set_random_seed(args.seed)
     features = next(iter(train_data))[0]
@@ -157,12 +159,20 @@ def train(embedding, data, args, callbacks=()):
         cross_layers=2 if args.model == "dcn" else 0,
     )
     compile_ctr(model, args)
+    best_epoch = keras.callbacks.EarlyStopping(
+        monitor="val_auc",
+        mode="max",
+        patience=args.epochs,  # never stops early, only restores the best
+        start_from_epoch=first_kept_epoch,
+        restore_best_weights=True,
+        verbose=1,
+    )
     start = time.time()
     model.fit(
         train_data,
         validation_data=val_data,
         epochs=args.epochs,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, best_epoch],
         verbose=2,
     )
     seconds = time.time() - start
@@ -200,7 +210,9 @@ def main():
         search_epochs=args.search_epochs,
         monitor="val_auc",
     )
-    model, mpe_scores, mpe_seconds = train(mpe, data, args, [callback])
+    model, mpe_scores, mpe_seconds = train(
+        mpe, data, args, [callback], first_kept_epoch=args.search_epochs
+    )
     layer = layers[-1]
     print(
         f"\nsearch outcome: {layer.average_bits():.3f} bits per element; "
@@ -228,7 +240,7 @@ def main():
         "  tensorflow_model_server --rest_api_port=8501 --model_name=criteo_ctr"
         f" --model_base_path={os.path.dirname(path)}"
     )
-    print("\n== test set ==")
+    print("\n== test set (each model at its best validation epoch) ==")
     print(
         f"fp32           : AUC {fp32['auc']:.4f}  LogLoss "
         f"{fp32['logloss']:.4f}  train {fp32_seconds:.0f}s"

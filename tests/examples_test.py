@@ -30,7 +30,7 @@ def test_criteo_ctr_trains_converts_and_exports(tmp_path):
     export = tmp_path / "ctr" / "1"
     out = _run(
         "criteo_ctr.py",
-        *("--rows", "6000", "--max-cardinality", "300", "--epochs", "2"),
+        *("--rows", "6000", "--max-cardinality", "300", "--epochs", "3"),
         *("--search-epochs", "1", "--batch-size", "500", "--model", "dcn"),
         *("--export-dir", str(export)),
     )
@@ -40,6 +40,10 @@ def test_criteo_ctr_trains_converts_and_exports(tmp_path):
     converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)
     assert retrained == converted
     assert float(re.search(r"fp32 +: AUC (\S+)", out).group(1)) > 0.5
+    # Both models report their best validation epoch; MPE's is one of
+    # the retraining epochs (2 and 3), never the search epoch.
+    restored = re.findall(r"the end of the best epoch: (\d+)", out)
+    assert len(restored) == 2 and int(restored[1]) >= 2, restored
 
 
 @pytest.mark.slow
