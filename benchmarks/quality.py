@@ -122,6 +122,14 @@ def parse_args():
         action="store_false",
         help="hidden layers without BatchNormalization",
     )
+    parser.add_argument(
+        "--no-rewind",
+        dest="rewind",
+        action="store_false",
+        help="MPE / control: retrain from the searched table instead of "
+        "rewinding it to its initial values (MPECallback's "
+        "rewind_embeddings=False)",
+    )
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--max-cardinality", type=int, default=200_000)
     parser.add_argument("--out", help="results folder")
@@ -519,6 +527,7 @@ def run_pipeline(method, data, args, candidates, penalty):
         search_epochs=args.search_epochs,
         monitor=data.monitor,
         mode="min" if data.rating else "max",
+        rewind_embeddings=args.rewind,
         verbose=0,
     )
     search = args.search_epochs

@@ -89,16 +89,15 @@ def test_summarize_and_markdown():
     assert "| mpe | 2 | 0.7300 +- 0.0100 | 0.5000 +- 0.0000 | 32.0 |" in table
 
 
+def _parse(monkeypatch, *flags):
+    monkeypatch.setattr(sys, "argv", ["quality.py", *flags])
+    return quality.parse_args()
+
+
 def test_backbone_follows_mlp_and_batchnorm_flags(monkeypatch):
     keras = _compat.keras
-    monkeypatch.setattr(
-        sys, "argv", ["quality.py", "--data", "criteo", "--mlp", "8,4"]
-    )
-    with_norm = quality.parse_args()
-    monkeypatch.setattr(
-        sys, "argv", ["quality.py", "--mlp", "", "--no-batchnorm"]
-    )
-    linear = quality.parse_args()
+    with_norm = _parse(monkeypatch, "--data", "criteo", "--mlp", "8,4")
+    linear = _parse(monkeypatch, "--mlp", "", "--no-batchnorm")
     assert (with_norm.mlp, with_norm.batchnorm) == ([8, 4], True)
     assert (linear.mlp, linear.batchnorm) == ([], False)
     ids = np.zeros((4, 3), np.int32)
@@ -114,3 +113,30 @@ def test_backbone_follows_mlp_and_batchnorm_flags(monkeypatch):
         kinds = [type(layer).__name__ for layer in model.layers]
         assert kinds.count("Dense") == dense, kinds
         assert kinds.count("BatchNormalization") == norms, kinds
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-rewind",)])
+def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags):
+    args = _parse(
+        monkeypatch, "--mlp", "4", "--num-groups", "2", "--epochs", "1",
+        "--search-epochs", "2", *flags,
+    )  # fmt: skip
+    rewinds = []
+
+    class Spy(quality.keras_mpe.MPECallback):
+        def __init__(self, *args, **kwargs):
+            rewinds.append(kwargs["rewind_embeddings"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(quality.keras_mpe, "MPECallback", Spy)
+    rng = np.random.default_rng(0)
+    train = tf.data.Dataset.from_tensor_slices(
+        (
+            {"categorical": rng.integers(0, 10, (16, 3)).astype(np.int32)},
+            rng.integers(0, 2, 16).astype(np.float32),
+        )
+    ).batch(8)
+    data = quality.Data(train, train, train, 10, rating=False)
+    row = quality.run_pipeline("mpe", data, args, quality.CANDIDATES, 0.0)
+    assert rewinds == [not flags]
+    assert row["payload_compression"] >= 32 / 6
