@@ -75,18 +75,34 @@ def test_per_row_round_trip_matches_keras_quantize():
 def test_summarize_and_markdown():
     rows = [
         {
-            "method": m, "auc": a, "logloss": 0.5, "payload_compression": c,
-            "real_compression": c, "train_time_vs_fp32": 1.0,
-            "predict_time_vs_fp32": 1.0,
+            "method": m, "seed": s, "auc": a, "logloss": 0.5,
+            "payload_compression": c, "real_compression": c,
+            "train_time_vs_fp32": 1.0, "predict_time_vs_fp32": 1.0,
         }
-        for m, a, c in (("fp32", 0.7, 1), ("mpe", 0.72, 30), ("mpe", 0.74, 34))
+        for m, s, a, c in (
+            ("fp32", 0, 0.70, 1), ("fp32", 1, 0.76, 1), ("mpe", 0, 0.72, 30),
+            ("mpe", 1, 0.74, 34), ("int8", 0, 0.69, 4),
+        )
     ]  # fmt: skip
     summary = quality.summarize(rows, ["auc", "logloss"])
-    assert [e["method"] for e in summary] == ["fp32", "mpe"]
+    assert [e["method"] for e in summary] == ["fp32", "mpe", "int8"]
     assert summary[1]["auc"] == pytest.approx((0.73, 0.01))
     assert summary[1]["payload_compression"][0] == 32
+    # Paired by seed: differences +0.02 and -0.02 -> mean 0, standard
+    # error std(ddof=1) / sqrt(2) = 0.02; one seed has no spread.
+    assert summary[0]["vs_fp32"] == (0.0, 0.0)
+    assert summary[1]["vs_fp32"] == pytest.approx((0.0, 0.02))
+    assert summary[2]["vs_fp32"] == pytest.approx((-0.01, 0.0))
     table = quality.markdown(summary, ["auc", "logloss"], "### t")
-    assert "| mpe | 2 | 0.7300 +- 0.0100 | 0.5000 +- 0.0000 | 32.0 |" in table
+    assert (
+        "| mpe | 2 | 0.7300 +- 0.0100 | 0.5000 +- 0.0000 | +0.0000 +- 0.0200 "
+        "| 32.0 |"
+    ) in table
+    without_fp32 = quality.summarize(rows[2:4], ["auc", "logloss"])
+    assert without_fp32[0]["vs_fp32"] is None
+    assert "| 0.5000 +- 0.0000 | - | 32.0 |" in quality.markdown(
+        without_fp32, ["auc", "logloss"], "### t"
+    )
 
 
 def _parse(monkeypatch, *flags):
