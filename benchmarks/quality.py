@@ -9,10 +9,10 @@ On one data set, one split per seed and one backbone, for each seed:
 | int4          | and int4 (Keras 3's `Embedding.quantize` in Keras 3 mode;   |
 |               | the same per-row formulas in numpy under tf_keras)          |
 | qat8 .. qat2  | uniform-bit quantization-aware training (LSQ+): the MPE     |
-|               | layer with one candidate, after one float warm-up epoch     |
+|               | layer with one candidate, from the first step               |
 | heuristic     | mixed precision without search: bits rise with log group    |
 |               | frequency, to the budget MPE chose at `--budget-penalty`,   |
-|               | after one float warm-up epoch                               |
+|               | from the first step                                         |
 | control6      | the MPE pipeline (search, rewind, retrain) with one 6-bit   |
 |               | candidate: what the two stages do without mixed precision  |
 | mpe@lambda    | MPE at each bit penalty in `--penalties`                    |
@@ -126,6 +126,14 @@ def parse_args():
         help="hidden layers without BatchNormalization",
     )
     parser.add_argument(
+        "--fixed-warmup-epochs",
+        type=int,
+        default=0,
+        help="QAT / heuristic: float epochs before quantizing (LSQ step "
+        "sizes then come from the trained table); 0 quantizes from the "
+        "first step, as uniform QAT is trained",
+    )
+    parser.add_argument(
         "--no-rewind",
         dest="rewind",
         action="store_false",
@@ -142,6 +150,11 @@ def parse_args():
         help="redo the table and plots from --out/results.json",
     )
     args = parser.parse_args()
+    if args.fixed_warmup_epochs < 0:
+        parser.error(
+            "--fixed-warmup-epochs must be 0 or more. Received: "
+            f"{args.fixed_warmup_epochs}"
+        )
     real = args.data != "synthetic"
     ratings = args.data == "movielens"
     defaults = {
@@ -496,29 +509,33 @@ def served(method, model, data, seconds, extra=None):
 
 
 class QuantizeAfterWarmup(keras.callbacks.Callback):
-    """After one float epoch: LSQ step sizes from the trained table, then
-    the layer trains at `bits` (one per group) for the remaining epochs."""
+    """After `warmup` float epochs: LSQ step sizes from the table as it is
+    then, and the layer trains at `bits` (one per group)."""
 
-    def __init__(self, layer, bits):
+    def __init__(self, layer, bits, warmup):
         super().__init__()
-        self.layer, self.bits = layer, bits
+        self.layer, self.bits, self.warmup = layer, bits, warmup
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
+        if epoch == self.warmup:
             self.layer.initialize_step_sizes()
             self.layer.set_bits(self.bits)
 
 
 def run_fixed(method, bits_for, data, args, candidates):
-    """A float warm-up epoch, then `--epochs` at fixed bits per group
-    (`bits_for(layer)`), as MPE's warm-up and LSQ's pre-trained start."""
+    """`--fixed-warmup-epochs` float epochs (default none: quantized from
+    the first step), then `--epochs` at fixed bits per group
+    (`bits_for(layer)`); the best validation epoch among the latter."""
     layer = mpe_layer(data, args, candidates)
     model = backbone(layer, data, args)
     (counts,) = frequency.count_ids(model, [layer], data.train)
     layer.set_frequencies(counts)
-    quantize = QuantizeAfterWarmup(layer, bits_for(layer))
-    seconds = fit(model, data, 1 + args.epochs, start=1, callbacks=[quantize])
-    return served(method, model, data, median_seconds(seconds[1:]))
+    warmup = args.fixed_warmup_epochs
+    quantize = QuantizeAfterWarmup(layer, bits_for(layer), warmup)
+    seconds = fit(
+        model, data, warmup + args.epochs, start=warmup, callbacks=[quantize]
+    )
+    return served(method, model, data, median_seconds(seconds[warmup:]))
 
 
 def run_pipeline(method, data, args, candidates, penalty):

@@ -145,6 +145,14 @@ def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(quality.keras_mpe, "MPECallback", Spy)
+    row = quality.run_pipeline(
+        "mpe", _tiny_data(), args, quality.CANDIDATES, 0.0
+    )
+    assert rewinds == [not flags]
+    assert row["payload_compression"] >= 32 / 6
+
+
+def _tiny_data():
     rng = np.random.default_rng(0)
     train = tf.data.Dataset.from_tensor_slices(
         (
@@ -152,7 +160,41 @@ def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags):
             rng.integers(0, 2, 16).astype(np.float32),
         )
     ).batch(8)
-    data = quality.Data(train, train, train, 10, rating=False)
-    row = quality.run_pipeline("mpe", data, args, quality.CANDIDATES, 0.0)
-    assert rewinds == [not flags]
-    assert row["payload_compression"] >= 32 / 6
+    return quality.Data(train, train, train, 10, rating=False)
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_fixed_bits_start_after_the_warmup(monkeypatch, warmup):
+    args = _parse(
+        monkeypatch, "--mlp", "4", "--num-groups", "2", "--epochs", "2",
+        "--fixed-warmup-epochs", str(warmup),
+    )  # fmt: skip
+    phases = []
+
+    class Record(quality.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            (layer,) = [
+                x for x in self.model.layers
+                if isinstance(x, quality.keras_mpe.MixedPrecisionEmbedding)
+            ]  # fmt: skip
+            phases.append(layer.phase.name)
+
+    fit = quality.fit
+    monkeypatch.setattr(
+        quality,
+        "fit",
+        lambda *a, callbacks=(), **k: fit(
+            *a, callbacks=[*callbacks, Record()], **k
+        ),
+    )
+    row = quality.run_fixed(
+        "qat4", lambda layer: np.full(2, 4), _tiny_data(), args, (4,)
+    )
+    assert phases == ["FLOAT"] * warmup + ["FIXED"] * 2
+    assert row["payload_compression"] == 8
+
+
+def test_negative_warmup_is_refused(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _parse(monkeypatch, "--fixed-warmup-epochs", "-1")
+    assert "--fixed-warmup-epochs must be 0 or more" in capsys.readouterr().err
