@@ -17,6 +17,8 @@ Every step is decided from the epoch index and the layers' own state, so a
 `fit` resumed from a checkpoint with `initial_epoch` picks up where it was.
 """
 
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
@@ -67,6 +69,11 @@ class MPECallback(keras.callbacks.Callback):
             reference schedule.
         selection: String. "threshold" (reference), "argmax" or "sample".
         seed: Integer or None. Seed of the "sample" selection.
+        target_bits: Float or None. A size budget: each table's average
+            bits per element after selection (32 / the compression you
+            want, e.g. 0.32 for 100x). The threshold rule's threshold
+            moves to meet it (`selection.budget_threshold`), so the bit
+            penalty only shapes the search. None: the reference threshold.
         monitor: String or None. A log key (e.g. "val_auc"); when given,
             the weights of the best search epoch are restored before the
             selection.
@@ -85,6 +92,7 @@ class MPECallback(keras.callbacks.Callback):
         warmup_epochs=None,
         selection: str = "threshold",
         seed=None,
+        target_bits=None,
         monitor=None,
         mode: str = "auto",
         rewind_embeddings: bool = True,
@@ -117,6 +125,17 @@ class MPECallback(keras.callbacks.Callback):
                 f"`selection` must be one of {SELECTION_RULES}. "
                 f"Received: selection={selection!r}"
             )
+        if target_bits is not None and (
+            selection != "threshold"
+            or isinstance(target_bits, bool)
+            or not isinstance(target_bits, numbers.Real)
+            or not 0 <= target_bits <= 32
+        ):
+            raise ValueError(
+                "`target_bits` must be a number of bits per element from 0 "
+                "to 32, with selection='threshold'. Received: "
+                f"target_bits={target_bits!r}, selection={selection!r}"
+            )
         if mode not in ("auto", "min", "max"):
             raise ValueError(
                 "`mode` must be 'auto', 'min' or 'max'. "
@@ -127,6 +146,7 @@ class MPECallback(keras.callbacks.Callback):
         self.warmup_epochs = warmup_epochs
         self.selection = selection
         self.seed = seed
+        self.target_bits = target_bits
         self.monitor = monitor
         if mode == "auto":
             key = (monitor or "").lower()
@@ -227,7 +247,7 @@ class MPECallback(keras.callbacks.Callback):
             self.model.set_weights(self._best_weights)
             self._best_weights = None
         for layer in self.layers:
-            layer.select_bits(self.selection, self.seed)
+            layer.select_bits(self.selection, self.seed, self.target_bits)
             if self.rewind_embeddings:
                 layer.rewind()
             if self.verbose:

@@ -529,18 +529,39 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         """The `(num_groups, K)` distribution over `bit_candidates`."""
         return self._probabilities().numpy()
 
-    def select_bits(self, rule: str = "threshold", seed=None) -> np.ndarray:
+    def select_bits(
+        self, rule: str = "threshold", seed=None, target_bits=None
+    ) -> np.ndarray:
         """Chooses each group's bits (see `selection.py`), enters FIXED.
 
         Args:
             rule: String. "threshold" (reference), "argmax" or "sample".
             seed: Integer or None. Seed of the "sample" rule.
+            target_bits: Float or None. A size budget in bits per element
+                (32 / target compression), averaged over rows: the
+                "threshold" rule's threshold moves to the lowest value
+                whose choice averages at most this. None keeps the
+                reference threshold 1 / (2K).
 
         Returns:
             int32 array `(num_groups,)` of the chosen bit-widths.
         """
+        probabilities = self.precision_probabilities()
+        threshold = None
+        if target_bits is not None:
+            if rule != "threshold":
+                raise ValueError(
+                    "`target_bits` needs the 'threshold' rule. Received: "
+                    f"rule={rule!r}, target_bits={target_bits}"
+                )
+            threshold = selection.budget_threshold(
+                probabilities,
+                self.bit_candidates,
+                self.group_sizes(),
+                target_bits,
+            )
         chosen = selection.select_bits(
-            self.precision_probabilities(), self.bit_candidates, rule, seed
+            probabilities, self.bit_candidates, rule, seed, threshold
         )
         self.set_bits(chosen)
         return chosen

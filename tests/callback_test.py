@@ -98,6 +98,33 @@ class ScheduleTest(tf.test.TestCase):
             self.assertEqual([1, 2], history.history["mpe_phase"])
             self.assertTrue(np.all(np.isfinite(history.history["loss"])))
 
+    def test_target_bits_sets_the_size(self):
+        ids, labels = testing_utils.zipf_ctr(rows=2000)
+        data = testing_utils.dataset(ids, labels)
+        layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=8)
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        probe = Probe(layer, select_epoch=2)
+        callback = keras_mpe.MPECallback(
+            data, search_epochs=2, target_bits=1.0, verbose=0
+        )
+        history = model.fit(
+            data, epochs=3, verbose=0, callbacks=[callback, probe]
+        )
+        self.assertLessEqual(layer.average_bits(), 1.0)
+        self.assertAllClose(
+            layer.average_bits(), history.history["mpe_bits"][2]
+        )
+        probabilities = _softmax(probe.logits_at_end[1] / layer.temperature)
+        threshold = keras_mpe.selection.budget_threshold(
+            probabilities, layer.bit_candidates, layer.group_sizes(), 1.0
+        )
+        self.assertAllEqual(
+            keras_mpe.selection.select_bits(
+                probabilities, layer.bit_candidates, threshold=threshold
+            ),
+            layer.bits_per_group()["bits"],
+        )
+
     def test_optimizer_state_is_reset_at_selection(self):
         ids, labels = testing_utils.zipf_ctr(rows=1000)
         data = testing_utils.dataset(ids, labels)
@@ -197,6 +224,13 @@ class BadInputTest(tf.test.TestCase):
             ),
             (dict(selection="best"), "selection='best'"),
             (dict(mode="up"), "mode='up'"),
+            (dict(target_bits=-1.0), "target_bits=-1.0"),
+            (dict(target_bits=33), "target_bits=33"),
+            (dict(target_bits="1"), "target_bits='1'"),
+            (
+                dict(target_bits=1.0, selection="argmax"),
+                "selection='argmax'",
+            ),
         ]
         for kwargs, message in cases:
             with self.assertRaisesRegex(ValueError, message):
