@@ -15,7 +15,9 @@ On one data set, one split per seed and one backbone, for each seed:
 |               | from the first step                                         |
 | control6      | the MPE pipeline (search, rewind, retrain) with one 6-bit   |
 |               | candidate: what the two stages do without mixed precision  |
-| mpe@lambda    | MPE at each bit penalty in `--penalties`                    |
+| mpe@lambda    | MPE at each bit penalty in `--penalties` (with              |
+|               | `--target-bits B`: mpe@lambda/Bb, bits chosen to B per      |
+|               | element)                                                    |
 
 Every model keeps the weights of its best validation epoch (for MPE,
 of the retraining epochs). Printed and written to `--out`: test AUC and
@@ -95,6 +97,13 @@ def parse_args():
         type=float,
         default=3e-3,
         help="the heuristic gets the bits MPE chose at this penalty",
+    )
+    parser.add_argument(
+        "--target-bits",
+        type=float,
+        help="MPE runs choose their bits to this many per element "
+        "(MPECallback's target_bits; the method is then named "
+        "mpe@lambda/<bits>b); default: the reference threshold",
     )
     parser.add_argument("--qat-bits", default="8,6,4,2")
     parser.add_argument("--num-groups", type=int, default=128)
@@ -538,8 +547,9 @@ def run_fixed(method, bits_for, data, args, candidates):
     return served(method, model, data, median_seconds(seconds[warmup:]))
 
 
-def run_pipeline(method, data, args, candidates, penalty):
-    """Search + select + rewind + retrain with MPECallback."""
+def run_pipeline(method, data, args, candidates, penalty, target_bits=None):
+    """Search + select (to `target_bits` if given) + rewind + retrain with
+    MPECallback."""
     layer = mpe_layer(data, args, candidates, penalty)
     model = backbone(layer, data, args)
     callback = keras_mpe.MPECallback(
@@ -548,6 +558,7 @@ def run_pipeline(method, data, args, candidates, penalty):
         monitor=data.monitor,
         mode="min" if data.rating else "max",
         rewind_embeddings=args.rewind,
+        target_bits=target_bits,
         verbose=0,
     )
     search = args.search_epochs
@@ -635,9 +646,9 @@ def run_seed(data, args, seed):
     if "mpe" in args.methods:
         for penalty in args.penalties:
             keras.utils.set_random_seed(seed)
-            row = run_pipeline(
-                f"mpe@{penalty:g}", data, args, CANDIDATES, penalty
-            )
+            target = args.target_bits
+            name = f"mpe@{penalty:g}" + (f"/{target:g}b" if target else "")
+            row = run_pipeline(name, data, args, CANDIDATES, penalty, target)
             row["penalty"] = penalty
             add(row)
             if penalty == args.budget_penalty:

@@ -198,3 +198,14 @@ def test_negative_warmup_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         _parse(monkeypatch, "--fixed-warmup-epochs", "-1")
     assert "--fixed-warmup-epochs must be 0 or more" in capsys.readouterr().err
+
+
+def test_mpe_runs_meet_the_target_bits(monkeypatch):
+    args = _parse(
+        monkeypatch, "--mlp", "4", "--num-groups", "4", "--epochs", "1",
+        "--search-epochs", "2", "--methods", "mpe", "--penalties", "0",
+        "--target-bits", "1.5",
+    )  # fmt: skip
+    (fp32, mpe) = quality.run_seed(_tiny_data(), args, seed=0)
+    assert mpe["method"] == "mpe@0/1.5b"
+    assert 0 < mpe["average_bits"] <= 1.5
