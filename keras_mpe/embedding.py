@@ -538,31 +538,32 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             rule: String. "threshold" (reference), "argmax" or "sample".
             seed: Integer or None. Seed of the "sample" rule.
             target_bits: Float or None. A size budget in bits per element
-                (32 / target compression), averaged over rows: the
-                "threshold" rule's threshold moves to the lowest value
-                whose choice averages at most this. None keeps the
-                reference threshold 1 / (2K).
+                (32 / target compression), averaged over rows. When given,
+                the bits come from `selection.budget_bits` (one quantile
+                level of every group's distribution, the lowest that
+                fits) and `rule` must be left at "threshold".
 
         Returns:
             int32 array `(num_groups,)` of the chosen bit-widths.
         """
         probabilities = self.precision_probabilities()
-        threshold = None
-        if target_bits is not None:
-            if rule != "threshold":
-                raise ValueError(
-                    "`target_bits` needs the 'threshold' rule. Received: "
-                    f"rule={rule!r}, target_bits={target_bits}"
-                )
-            threshold = selection.budget_threshold(
+        if target_bits is None:
+            chosen = selection.select_bits(
+                probabilities, self.bit_candidates, rule, seed
+            )
+        elif rule != "threshold":
+            raise ValueError(
+                "`target_bits` chooses the bits with its own rule; leave "
+                f"`rule` at 'threshold'. Received: rule={rule!r}, "
+                f"target_bits={target_bits}"
+            )
+        else:
+            chosen = selection.budget_bits(
                 probabilities,
                 self.bit_candidates,
                 self.group_sizes(),
                 target_bits,
             )
-        chosen = selection.select_bits(
-            probabilities, self.bit_candidates, rule, seed, threshold
-        )
         self.set_bits(chosen)
         return chosen
 

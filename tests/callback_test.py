@@ -115,12 +115,9 @@ class ScheduleTest(tf.test.TestCase):
             layer.average_bits(), history.history["mpe_bits"][2]
         )
         probabilities = _softmax(probe.logits_at_end[1] / layer.temperature)
-        threshold = keras_mpe.selection.budget_threshold(
-            probabilities, layer.bit_candidates, layer.group_sizes(), 1.0
-        )
         self.assertAllEqual(
-            keras_mpe.selection.select_bits(
-                probabilities, layer.bit_candidates, threshold=threshold
+            keras_mpe.selection.budget_bits(
+                probabilities, layer.bit_candidates, layer.group_sizes(), 1.0
             ),
             layer.bits_per_group()["bits"],
         )

@@ -115,9 +115,11 @@ class PhaseOutputTest(tf.test.TestCase):
         layer.temperature = 1.0
         self.assertAllEqual([0, 1, 4, 4], layer.select_bits())
         self.assertEqual(Phase.FIXED, layer.phase)
-        # A budget of 1.5 bits per element: [0, 1, 2, 4] (1.75) at the
-        # threshold 0.5 is over it, [0, 1, 0, 4] (1.25) at 0.8 fits.
-        self.assertAllEqual([0, 1, 0, 4], layer.select_bits(target_bits=1.5))
+        # A budget of 1.4 bits per element. P(bits >= 1, 2, 4) per group:
+        # (0.1, 0.05, 0.02), (0.9, 0.1, 0), (1, 0.9, 0.4), (1, 1, 1).
+        # Level 0.4 gives [0, 1, 4, 4] (2.25), 0.9 [0, 1, 2, 4] (1.75);
+        # above both 0.9s (in either order: 1.5 each) [0, 0, 1, 4] fits.
+        self.assertAllEqual([0, 0, 1, 4], layer.select_bits(target_bits=1.4))
         self.assertAllClose(1.25, layer.average_bits())
         with self.assertRaisesRegex(ValueError, "rule='argmax', target_bits"):
             layer.select_bits("argmax", target_bits=1.5)

@@ -40,64 +40,72 @@ class SelectionTest(tf.test.TestCase):
         self.assertAllClose(0.5, np.mean(drawn == 2), atol=0.03)
         self.assertEqual(0, np.sum(drawn == 4))
 
-    def test_budget_threshold_golden(self):
-        rows = [10, 10, 10, 10]
-        # Averages by threshold (the distinct probabilities): 0.03 -> 3.5,
-        # 0.04 -> 2.75 (4, 2, 1, 4), 0.05 and 0.1 -> 2.5, 0.15 -> 2.25
-        # (the reference rule's 4, 1, 0, 4), 0.2 -> 1.75, 0.3 -> 1.25,
-        # 0.5 -> 0.75, 0.6 -> 0.25, 0.7 -> 0.
-        for target, threshold, bits in [
-            (3.0, 0.04, [4, 2, 1, 4]),
-            (2.25, 0.15, [4, 1, 0, 4]),
-            (2.0, 0.2, [2, 1, 0, 4]),
-            (1.5, 0.3, [1, 0, 0, 4]),
-            (1.0, 0.5, [1, 0, 0, 2]),
-            (0.0, 0.7, [0, 0, 0, 0]),
+    def test_tail_bits_golden(self):
+        # P(bits >= b) for b = 0, 1, 2, 4: group 0 1, 0.95, 0.35, 0.15;
+        # group 1 1, 0.3, 0.1, 0; group 2 1, 0.1, 0.06, 0.03; group 3 1,
+        # 0.9, 0.8, 0.3.
+        for level, bits in [
+            (0.0, [4, 4, 4, 4]),
+            (0.06, [4, 2, 2, 4]),
+            (0.3, [2, 1, 0, 4]),
+            (0.5, [1, 0, 0, 2]),
+            (0.95, [1, 0, 0, 0]),
+            (1.0, [0, 0, 0, 0]),
         ]:
-            found = selection.budget_threshold(
-                PROBABILITIES, CANDIDATES, rows, target
+            self.assertAllEqual(
+                bits, selection.tail_bits(PROBABILITIES, CANDIDATES, level)
             )
-            self.assertAllClose(threshold, found)
-            chosen = selection.select_bits(
-                PROBABILITIES, CANDIDATES, threshold=found
-            )
-            self.assertAllEqual(bits, chosen)
+        # A group unsure between the top candidates keeps a high one.
+        self.assertAllEqual(
+            [5], selection.tail_bits([[0.1, 0.3, 0.3, 0.3]], (0, 4, 5, 6), 0.5)
+        )
 
-    def test_budget_threshold_meets_the_budget_closely(self):
+    def test_budget_bits_golden(self):
+        rows = [10, 10, 10, 10]
+        # Averages by level: 0.03 -> 3.5, 0.06 -> 3.0, 0.1 -> 2.75,
+        # 0.15 -> 2.25, 0.3 -> 1.75 (then 1.25 or 1.5: two tails are 0.3
+        # up to rounding), 0.35 -> 1.0, 0.8 -> 0.75, 0.9 -> 0.5,
+        # 0.95 -> 0.25, 1 -> 0.
+        for target, bits in [
+            (3.0, [4, 2, 2, 4]),
+            (2.5, [4, 1, 0, 4]),
+            (2.0, [2, 1, 0, 4]),
+            (1.2, [2, 0, 0, 2]),
+            (0.6, [1, 0, 0, 1]),
+            (0.0, [0, 0, 0, 0]),
+        ]:
+            self.assertAllEqual(
+                bits,
+                selection.budget_bits(PROBABILITIES, CANDIDATES, rows, target),
+            )
+
+    def test_budget_bits_takes_the_largest_size_that_fits(self):
         rng = np.random.default_rng(0)
         probabilities = rng.dirichlet(np.ones(7) * 0.3, size=128)
         rows = rng.integers(1, 1000, 128)
         candidates = (0, 1, 2, 3, 4, 5, 6)
+        tails = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
+        reachable = [
+            np.dot(selection.tail_bits(probabilities, candidates, t), rows)
+            / rows.sum()
+            for t in np.append(np.unique(tails), 1.0)
+        ]
         previous = None
         for target in (0.1, 0.3, 1.0, 2.0, 4.0):
-            threshold = selection.budget_threshold(
+            bits = selection.budget_bits(
                 probabilities, candidates, rows, target
             )
-            bits = selection.select_bits(
-                probabilities, candidates, threshold=threshold
-            )
             average = np.dot(bits, rows) / rows.sum()
-            self.assertLessEqual(average, target)
-            # One group's step more would break the budget: the threshold
-            # just below gives more than the target.
-            below = np.max(probabilities[probabilities < threshold])
-            more = selection.select_bits(
-                probabilities, candidates, threshold=below
+            self.assertAllClose(
+                max(a for a in reachable if a <= target), average
             )
-            self.assertGreater(np.dot(more, rows) / rows.sum(), target)
             if previous is not None:  # a larger budget never lowers bits
                 self.assertTrue(np.all(bits >= previous))
             previous = bits
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "target_bits=0.5"):
-            selection.budget_threshold(
-                PROBABILITIES, (1, 2, 4), [1, 1, 1, 1], 0.5
-            )
-        with self.assertRaisesRegex(ValueError, "rule='argmax', threshold"):
-            selection.select_bits(
-                PROBABILITIES, CANDIDATES, "argmax", None, 0.2
-            )
+            selection.budget_bits(PROBABILITIES, (1, 2, 4, 8), [1] * 4, 0.5)
         with self.assertRaisesRegex(ValueError, "rule='best'"):
             selection.select_bits(PROBABILITIES, CANDIDATES, "best")
         with self.assertRaisesRegex(ValueError, r"shape \(groups, 3\)"):
