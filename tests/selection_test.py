@@ -62,17 +62,17 @@ class SelectionTest(tf.test.TestCase):
 
     def test_budget_bits_golden(self):
         rows = [10, 10, 10, 10]
-        # Averages by level: 0.03 -> 3.5, 0.06 -> 3.0, 0.1 -> 2.75,
-        # 0.15 -> 2.25, 0.3 -> 1.75 (then 1.25 or 1.5: two tails are 0.3
-        # up to rounding), 0.35 -> 1.0, 0.8 -> 0.75, 0.9 -> 0.5,
-        # 0.95 -> 0.25, 1 -> 0.
+        # Levels 0.03 to 0.15 give 4 bits to group 0, so to every group (no
+        # group below a rarer one): 4.0 on average. Then 0.3 -> [2, 1, 0, 4]
+        # raised to [2, 2, 2, 4] (2.5), just above 0.3 (two tails are 0.3
+        # up to rounding) and 0.35 -> [2, 2, 2, 2] (2.0), 0.8 -> [1, 1, 1,
+        # 2] (1.25), 0.9 and 0.95 -> all 1, 1 -> all 0.
         for target, bits in [
-            (3.0, [4, 2, 2, 4]),
-            (2.5, [4, 1, 0, 4]),
-            (2.0, [2, 1, 0, 4]),
-            (1.2, [2, 0, 0, 2]),
-            (0.6, [1, 0, 0, 1]),
-            (0.0, [0, 0, 0, 0]),
+            (3.0, [2, 2, 2, 4]),
+            (2.2, [2, 2, 2, 2]),
+            (1.5, [1, 1, 1, 2]),
+            (1.0, [1, 1, 1, 1]),
+            (0.5, [0, 0, 0, 0]),
         ]:
             self.assertAllEqual(
                 bits,
@@ -86,7 +86,12 @@ class SelectionTest(tf.test.TestCase):
         candidates = (0, 1, 2, 3, 4, 5, 6)
         tails = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
         reachable = [
-            np.dot(selection.tail_bits(probabilities, candidates, t), rows)
+            np.dot(
+                np.maximum.accumulate(
+                    selection.tail_bits(probabilities, candidates, t)
+                ),
+                rows,
+            )
             / rows.sum()
             for t in np.append(np.unique(tails), 1.0)
         ]
@@ -99,6 +104,7 @@ class SelectionTest(tf.test.TestCase):
             self.assertAllClose(
                 max(a for a in reachable if a <= target), average
             )
+            self.assertTrue(np.all(np.diff(bits) >= 0))
             if previous is not None:  # a larger budget never lowers bits
                 self.assertTrue(np.all(bits >= previous))
             previous = bits
