@@ -647,7 +647,9 @@ def run_seed(data, args, seed):
         for penalty in args.penalties:
             keras.utils.set_random_seed(seed)
             target = args.target_bits
-            name = f"mpe@{penalty:g}" + (f"/{target:g}b" if target else "")
+            name = f"mpe@{penalty:g}"
+            if target is not None:
+                name += f"/{target:g}b"
             row = run_pipeline(name, data, args, CANDIDATES, penalty, target)
             row["penalty"] = penalty
             add(row)

@@ -77,6 +77,14 @@ def select_bits(probabilities, bit_candidates, rule="threshold", seed=None):
     return candidates[index]
 
 
+def _tails(probabilities):
+    """P(bits >= candidate k) per group and candidate; 1 for the first."""
+    probabilities = np.asarray(probabilities, np.float64)
+    tails = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
+    tails[:, 0] = 1.0  # every group has at least the smallest candidate
+    return tails
+
+
 def tail_bits(probabilities, bit_candidates, level):
     """Per group, the largest candidate b with P(bits >= b) >= `level`.
 
@@ -93,10 +101,7 @@ def tail_bits(probabilities, bit_candidates, level):
     Returns:
         int32 array `(groups,)`.
     """
-    probabilities = np.asarray(probabilities, np.float64)
-    tail = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
-    tail[:, 0] = 1.0  # every group has at least the smallest candidate
-    keep = tail >= level
+    keep = _tails(probabilities) >= level
     last = keep.shape[1] - 1 - np.argmax(keep[:, ::-1], axis=1)
     return np.asarray(bit_candidates, np.int32)[last]
 
@@ -122,7 +127,6 @@ def budget_bits(probabilities, bit_candidates, group_rows, target_bits):
         int32 array `(groups,)`, non-decreasing: the largest average not
         above `target_bits` that one level reaches (see `tail_bits`).
     """
-    probabilities = np.asarray(probabilities, np.float64)
     rows = np.asarray(group_rows, np.float64)
     smallest = float(np.min(bit_candidates))
     if not np.isfinite(target_bits) or target_bits < smallest:
@@ -140,7 +144,7 @@ def budget_bits(probabilities, bit_candidates, group_rows, target_bits):
 
     # The choice changes only at the tail probabilities; at level 1 every
     # group takes the smallest candidate, which fits.
-    tails = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
+    tails = _tails(probabilities)
     levels = np.append(np.unique(tails[tails < 1.0]), 1.0)
     low, high = 0, levels.size - 1
     while low < high:

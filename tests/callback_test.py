@@ -45,11 +45,16 @@ class ScoreByEpoch(keras.callbacks.Callback):
 
 
 class ScheduleTest(tf.test.TestCase):
-    def test_phases_logs_rewind_and_best_epoch(self):
+    def _ctr_setup(self):
+        """Zipf CTR data, an 8-group table, the compiled CTR model."""
         ids, labels = testing_utils.zipf_ctr(rows=2000)
         data = testing_utils.dataset(ids, labels)
         layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=8)
         model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        return ids, data, layer, model
+
+    def test_phases_logs_rewind_and_best_epoch(self):
+        ids, data, layer, model = self._ctr_setup()
         probe = Probe(layer, select_epoch=4)
         callback = keras_mpe.MPECallback(
             data,
@@ -99,10 +104,7 @@ class ScheduleTest(tf.test.TestCase):
             self.assertTrue(np.all(np.isfinite(history.history["loss"])))
 
     def test_target_bits_sets_the_size(self):
-        ids, labels = testing_utils.zipf_ctr(rows=2000)
-        data = testing_utils.dataset(ids, labels)
-        layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=8)
-        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        _, data, layer, model = self._ctr_setup()
         probe = Probe(layer, select_epoch=2)
         callback = keras_mpe.MPECallback(
             data, search_epochs=2, target_bits=1.0, verbose=0
