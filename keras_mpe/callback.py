@@ -177,6 +177,15 @@ class MPECallback(keras.callbacks.Callback):
                 "chosen at the start of epoch search_epochs. Give fit more "
                 "epochs than search_epochs."
             )
+        for layer in self.layers:
+            smallest = min(layer.bit_candidates)
+            if self.target_bits is not None and self.target_bits < smallest:
+                raise ValueError(
+                    f"MPECallback: `target_bits={self.target_bits}` is below "
+                    f"the smallest of layer '{layer.name}'s bit_candidates "
+                    f"{tuple(layer.bit_candidates)}; the budget must be at "
+                    f"least {smallest} bits per element."
+                )
         if not all(layer.has_frequencies for layer in self.layers):
             self._count_frequencies()
 

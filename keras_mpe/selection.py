@@ -27,6 +27,8 @@ KDD12 sample at 64x (10 splits), both safeguards matter:
   bits is search noise, and the running maximum removes it.
 """
 
+import numbers
+
 import numpy as np
 
 SELECTION_RULES = ("threshold", "argmax", "sample")
@@ -129,7 +131,12 @@ def budget_bits(probabilities, bit_candidates, group_rows, target_bits):
     """
     rows = np.asarray(group_rows, np.float64)
     smallest = float(np.min(bit_candidates))
-    if not np.isfinite(target_bits) or target_bits < smallest:
+    if (
+        isinstance(target_bits, bool)
+        or not isinstance(target_bits, numbers.Real)
+        or not np.isfinite(target_bits)
+        or target_bits < smallest
+    ):
         raise ValueError(
             f"`target_bits` must be at least the smallest candidate, "
             f"{smallest:g} bits. Received: target_bits={target_bits}"

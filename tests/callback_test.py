@@ -267,6 +267,20 @@ class BadInputTest(tf.test.TestCase):
         ):
             self._fit(keras_mpe.MPECallback(self.data, search_epochs=3))
 
+    def test_target_below_the_smallest_candidate(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(
+            1000, 4, bit_candidates=(1, 2, 4), num_groups=4
+        )
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        callback = keras_mpe.MPECallback(
+            self.data, search_epochs=1, target_bits=0.5, verbose=0
+        )
+        with self.assertRaisesRegex(
+            ValueError, r"target_bits=0.5` is below .*\(1, 2, 4\)"
+        ):
+            model.fit(self.data, epochs=2, verbose=0, callbacks=[callback])
+        self.assertFalse(layer.has_frequencies)  # refused before counting
+
     def test_empty_frequency_data(self):
         empty = self.data.take(0)
         with self.assertRaisesRegex(ValueError, "yielded no ids"):

@@ -112,6 +112,9 @@ class SelectionTest(tf.test.TestCase):
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "target_bits=0.5"):
             selection.budget_bits(PROBABILITIES, (1, 2, 4, 8), [1] * 4, 0.5)
+        for bad in ("1", True, float("nan")):
+            with self.assertRaisesRegex(ValueError, "target_bits="):
+                selection.budget_bits(PROBABILITIES, CANDIDATES, [1] * 4, bad)
         with self.assertRaisesRegex(ValueError, "rule='best'"):
             selection.select_bits(PROBABILITIES, CANDIDATES, "best")
         with self.assertRaisesRegex(ValueError, r"shape \(groups, 3\)"):
