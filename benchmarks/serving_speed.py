@@ -2,7 +2,8 @@
 
 Serving issue setting: a 1,000,000 x 16 table, 4096 x 26 Zipf(1.1) ids,
 a learned-like mix of bits (rising with frequency, the rarest groups
-pruned). In one process it times, as medians:
+pruned). In one process it times, as medians over calls made in turns
+(float, packed, float, ...) with the median per-turn ratio:
 
 - the converted lookup vs a float `Embedding` lookup, without and with XLA;
 - whole-model predict (26 fields, MLP 256-128), converted vs float;
@@ -13,7 +14,10 @@ relative to the float table. Targets: predict <= 1.2x without XLA and
 <= 1.0x with XLA, lookup <= 3x without XLA, conversion peak <= 1.5x the
 float table and time linear in rows.
 
-    python benchmarks/serving_speed.py [--convert-rows 10000000]
+With `--breakdown` it also times the non-XLA lookup stage by stage, and
+under XLA the lookups and the MLP apart from the whole models.
+
+    python benchmarks/serving_speed.py [--convert-rows 10000000] [--breakdown]
     TF_USE_LEGACY_KERAS=1 python benchmarks/serving_speed.py
 """
 
@@ -40,8 +44,14 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--convert-rows", type=int, default=0)
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the packed lookup's stages without XLA, and the "
+        "lookup and the MLP apart under XLA",
+    )
     parser.add_argument(
         "--convert-only", type=int, default=0, help=argparse.SUPPRESS
     )
@@ -67,8 +77,8 @@ def zipf_ids(rows, shape):
     )
 
 
-def mlp(embedding, fields):
-    inputs = keras.Input((fields,), dtype="int32")
+def mlp(embedding, fields, shape=None, dtype="int32"):
+    inputs = keras.Input(shape or (fields,), dtype=dtype)
     x = keras.layers.Flatten()(embedding(inputs))
     x = keras.layers.Dense(256, activation="relu")(x)
     x = keras.layers.Dense(128, activation="relu")(x)
@@ -101,6 +111,81 @@ def convert_only(rows, dim):
     print(seconds, max(peak, _rss_bytes()) - before)
 
 
+def _report(label, baseline, ours, ids, repeats):
+    """Times both in turns; prints medians and the per-turn ratio."""
+    (base, mine), (_, ratio) = timing.time_turns(
+        [lambda: baseline(ids), lambda: ours(ids)], repeats
+    )
+    print(
+        f"{label} float {1e3 * base:7.2f} ms, packed {1e3 * mine:7.2f} ms: "
+        f"{ratio:5.2f}x (median per-turn ratio)"
+    )
+
+
+def breakdown(fixed, float_table, ids, repeats):
+    """Cumulative stages of the non-XLA lookup, and XLA parts apart.
+
+    Each stage adds one step of `FixedBitEmbedding.call` (for the
+    "segments" index) and stands in for the rest with a cheap tensor of
+    the same shape, so the differences between lines are what each step
+    costs in place.
+    """
+    dim = fixed.output_dim
+
+    def spread(values, positions):  # (distinct, dim) rows back to ids
+        return tf.gather(tf.cast(values, tf.float32), positions)
+
+    def unique_only(x):
+        distinct, positions = tf.unique(tf.reshape(x, [-1]))
+        return spread(tf.tile(distinct[:, None], [1, dim]), positions)
+
+    def located(x):
+        distinct, positions = tf.unique(tf.reshape(x, [-1]))
+        classes, slots = fixed._locate_by_segments(distinct)
+        return spread(tf.tile((slots + classes)[:, None], [1, dim]), positions)
+
+    def partitioned(x):
+        distinct, positions = tf.unique(tf.reshape(x, [-1]))
+        classes, slots = fixed._locate_by_segments(distinct)
+        count = len(fixed.class_rows)
+        where = tf.dynamic_partition(tf.range(tf.size(classes)), classes, count)
+        parts = tf.dynamic_partition(slots, classes, count)
+        parts = [tf.tile(part[:, None], [1, dim]) for part in parts]
+        return spread(tf.dynamic_stitch(where, parts), positions)
+
+    stages = {
+        "float lookup": float_table,
+        "+ tf.unique and the gather back": unique_only,
+        "+ class and slot of each id": located,
+        "+ split and re-join by class": partitioned,
+        "+ gather and unpack (= packed lookup)": fixed,
+    }
+    functions = [tf.function(f) for f in stages.values()]
+    medians, ratios = timing.time_turns(
+        [lambda f=f: f(ids) for f in functions], repeats
+    )
+    for name, median, ratio in zip(stages, medians, ratios, strict=True):
+        print(f"  xla=False {name:40s} {1e3 * median:6.2f} ms {ratio:5.2f}x")
+    head = mlp(keras.layers.Identity(), 26, (26, dim), "float32")
+    parts = {
+        "float model": mlp(float_table, 26),
+        "packed model": mlp(fixed, 26),
+        "float lookup": float_table,
+        "packed lookup": fixed,
+    }
+    functions = [tf.function(f, jit_compile=True) for f in parts.values()]
+    rows = float_table(ids)
+    compiled_head = tf.function(head, jit_compile=True)
+    medians, ratios = timing.time_turns(
+        [lambda f=f: f(ids) for f in functions] + [lambda: compiled_head(rows)],
+        repeats,
+    )
+    for name, median, ratio in zip(
+        [*parts, "MLP alone"], medians, ratios, strict=True
+    ):
+        print(f"  xla=True  {name:40s} {1e3 * median:6.2f} ms {ratio:5.2f}x")
+
+
 def main():
     args = parse_args()
     if args.convert_only:
@@ -120,21 +205,16 @@ def main():
     for jit in (False, True):
         plain = tf.function(float_table, jit_compile=jit)
         packed = tf.function(fixed, jit_compile=jit)
-        base = timing.time_call(lambda f=plain: f(ids), args.repeats)
-        ours = timing.time_call(lambda f=packed: f(ids), args.repeats)
-        print(
-            f"lookup  xla={jit!s:5s} float {1e3 * base:7.2f} ms, "
-            f"packed {1e3 * ours:7.2f} ms: {ours / base:5.2f}x"
-        )
+        _report(f"lookup  xla={jit!s:5s}", plain, packed, ids, args.repeats)
     for jit in (False, True):
         float_model = tf.function(mlp(float_table, 26), jit_compile=jit)
         packed_model = tf.function(mlp(fixed, 26), jit_compile=jit)
-        base = timing.time_call(lambda f=float_model: f(ids), args.repeats)
-        ours = timing.time_call(lambda f=packed_model: f(ids), args.repeats)
-        print(
-            f"predict xla={jit!s:5s} float {1e3 * base:7.2f} ms, "
-            f"packed {1e3 * ours:7.2f} ms: {ours / base:5.2f}x"
-        )
+        _report(
+            f"predict xla={jit!s:5s}", float_model, packed_model, ids,
+            args.repeats,
+        )  # fmt: skip
+    if args.breakdown:
+        breakdown(fixed, float_table, ids, args.repeats)
     if args.convert_rows:
         for rows in (args.convert_rows // 10, args.convert_rows):
             out = subprocess.run(

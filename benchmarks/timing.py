@@ -35,6 +35,30 @@ def time_steps(variants, data, steps, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def time_turns(functions, repeats):
+    """Median seconds of each function, the functions called in turns.
+
+    Returns the medians and, for each function, the median over turns of
+    its time divided by the first function's time in the same turn: on a
+    shared machine a drift hits both calls of a turn alike, so this ratio
+    is steadier than the ratio of medians.
+    """
+    for function in functions:
+        function()  # trace
+    times = [[] for _ in functions]
+    for _ in range(repeats):
+        for function, seconds in zip(functions, times, strict=True):
+            start = time.perf_counter()
+            function()
+            seconds.append(time.perf_counter() - start)
+    medians = [statistics.median(seconds) for seconds in times]
+    ratios = [
+        statistics.median(a / b for a, b in zip(seconds, times[0], strict=True))
+        for seconds in times
+    ]
+    return medians, ratios
+
+
 def time_call(function, repeats):
     """Median seconds of `function()` over `repeats` calls after one."""
     function()  # trace
