@@ -71,11 +71,12 @@ class MPECallback(keras.callbacks.Callback):
         seed: Integer or None. Seed of the "sample" selection.
         target_bits: Float or None. A size budget: each table's average
             bits per element after selection (32 / the compression you
-            want, e.g. 0.32 for 100x). Each group then gets a quantile of
-            its learned distribution, at the one level that fits
-            (`selection.budget_bits`), so the bit penalty only shapes the
-            search. Needs `selection="threshold"` (the default, which it
-            replaces). None: the selection rule alone sets the size.
+            want, e.g. 0.32 for 100x). The groups then take bits in the
+            order their learned distributions make most probable, while
+            they fit (`selection.budget_bits`), so the bit penalty only
+            shapes the search. Needs `selection="threshold"` (the
+            default, which it replaces). None: the selection rule alone
+            sets the size.
         monitor: String or None. A log key (e.g. "val_auc"); when given,
             the weights of the best search epoch are restored before the
             selection.

@@ -539,9 +539,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             seed: Integer or None. Seed of the "sample" rule.
             target_bits: Float or None. A size budget in bits per element
                 (32 / target compression), averaged over rows. When given,
-                the bits come from `selection.budget_bits` (one quantile
-                level of every group's distribution, the lowest that
-                fits) and `rule` must be left at "threshold".
+                the bits come from `selection.budget_bits` (the steps
+                the distributions make most probable, while they fit)
+                and `rule` must be left at "threshold".
 
         Returns:
             int32 array `(num_groups,)` of the chosen bit-widths.

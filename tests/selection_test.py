@@ -61,53 +61,58 @@ class SelectionTest(tf.test.TestCase):
         )
 
     def test_budget_bits_golden(self):
-        rows = [10, 10, 10, 10]
-        # Levels 0.03 to 0.15 give 4 bits to group 0, so to every group (no
-        # group below a rarer one): 4.0 on average. Then 0.3 -> [2, 1, 0, 4]
-        # raised to [2, 2, 2, 4] (2.5), just above 0.3 (two tails are 0.3
-        # up to rounding) and 0.35 -> [2, 2, 2, 2] (2.0), 0.8 -> [1, 1, 1,
-        # 2] (1.25), 0.9 and 0.95 -> all 1, 1 -> all 0.
+        rows = [10, 10, 10, 10]  # budget: target x 40 bits
+        # Steps, most probable first (group, candidate: P(bits >= it)):
+        # (0, 1: 0.95) raises every group to 1 bit (no group below a rarer
+        # one): 40; (3, 2: 0.8) -> [1, 1, 1, 2]: 50; (0, 2: 0.35) -> all 2:
+        # 80; (3, 4: 0.3) -> [2, 2, 2, 4]: 100; (0, 4: 0.15) -> all 4: 160;
+        # then (1, 2: 0.1), (2, 2: 0.06), (2, 4: 0.03), (1, 4: 0).
         for target, bits in [
-            (3.0, [2, 2, 2, 4]),
+            (4.0, [4, 4, 4, 4]),
+            # 160 does not fit; (2, 4) raises groups 2-3 to 4 bits: 120.
+            (3.0, [2, 2, 4, 4]),
             (2.2, [2, 2, 2, 2]),
-            (1.5, [1, 1, 1, 2]),
+            # 80 does not fit, nor 70 for (3, 4); (2, 2) does: 60.
+            (1.5, [1, 1, 2, 2]),
             (1.0, [1, 1, 1, 1]),
-            (0.5, [0, 0, 0, 0]),
+            # 40 does not fit; (3, 1) and (3, 2) do: 20.
+            (0.5, [0, 0, 0, 2]),
+            (0.2, [0, 0, 0, 0]),
         ]:
             self.assertAllEqual(
                 bits,
                 selection.budget_bits(PROBABILITIES, CANDIDATES, rows, target),
             )
 
-    def test_budget_bits_takes_the_largest_size_that_fits(self):
+    def test_budget_bits_fills_the_budget(self):
         rng = np.random.default_rng(0)
         probabilities = rng.dirichlet(np.ones(7) * 0.3, size=128)
         rows = rng.integers(1, 1000, 128)
-        candidates = (0, 1, 2, 3, 4, 5, 6)
+        candidates = np.arange(7)
         tails = np.cumsum(probabilities[:, ::-1], axis=1)[:, ::-1]
-        reachable = [
-            np.dot(
-                np.maximum.accumulate(
-                    selection.tail_bits(probabilities, candidates, t)
-                ),
-                rows,
-            )
-            / rows.sum()
-            for t in np.append(np.unique(tails), 1.0)
-        ]
-        previous = None
         for target in (0.1, 0.3, 1.0, 2.0, 4.0):
             bits = selection.budget_bits(
                 probabilities, candidates, rows, target
             )
-            average = np.dot(bits, rows) / rows.sum()
-            self.assertAllClose(
-                max(a for a in reachable if a <= target), average
-            )
+            room = target * rows.sum() - np.dot(bits, rows)
+            self.assertGreaterEqual(room, 0)
             self.assertTrue(np.all(np.diff(bits) >= 0))
-            if previous is not None:  # a larger budget never lowers bits
-                self.assertTrue(np.all(bits >= previous))
-            previous = bits
+            # At least the lowest single level that fits (tail_bits with
+            # the running maximum) gives, group by group.
+            for level in np.unique(tails):
+                one_level = np.maximum.accumulate(
+                    selection.tail_bits(probabilities, candidates, level)
+                )
+                if np.dot(one_level, rows) <= target * rows.sum():
+                    self.assertTrue(np.all(bits >= one_level))
+                    break
+            # Full: no group can take one more candidate (with the more
+            # frequent groups raised to match) within the budget.
+            for group in range(128):
+                if bits[group] < 6:
+                    raised = bits.copy()
+                    raised[group:] = np.maximum(raised[group:], bits[group] + 1)
+                    self.assertGreater(np.dot(raised - bits, rows), room)
 
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "target_bits=0.5"):
