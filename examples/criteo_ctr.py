@@ -12,6 +12,7 @@ cross layers) in front of the MLP.
 
     python examples/criteo_ctr.py
     python examples/criteo_ctr.py --model dcn --export-dir /tmp/ctr/1
+    python examples/criteo_ctr.py --target-bits 0.32  # 100x, named
     python examples/criteo_ctr.py --batch-size 250 --bit-penalty 3e-3 \
         --criteo ../shared/data/criteo/criteo_dac_head8000.txt
 """
@@ -58,6 +59,12 @@ def parse_args():
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--num-groups", type=int, default=64)
     parser.add_argument("--bit-penalty", type=float, default=3e-3)
+    parser.add_argument(
+        "--target-bits",
+        type=float,
+        help="a size budget in bits per element (32 / compression, e.g. "
+        "0.32 for 100x) instead of the threshold rule",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -208,6 +215,7 @@ def main():
     callback = keras_mpe.MPECallback(
         frequency_data=data[0],
         search_epochs=args.search_epochs,
+        target_bits=args.target_bits,
         monitor="val_auc",
     )
     model, mpe_scores, mpe_seconds = train(

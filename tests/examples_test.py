@@ -32,9 +32,13 @@ def test_criteo_ctr_trains_converts_and_exports(tmp_path):
         "criteo_ctr.py",
         *("--rows", "6000", "--max-cardinality", "300", "--epochs", "3"),
         *("--search-epochs", "1", "--batch-size", "500", "--model", "dcn"),
-        *("--export-dir", str(export)),
+        *("--export-dir", str(export), "--target-bits", "1.5"),
     )
     assert (export / "saved_model.pb").exists()
+    # The named size: at most 1.5 bits per element, filled to within a
+    # few groups' worth (the smallest step raises one group).
+    average = float(re.search(r"search outcome: (\S+) bits", out).group(1))
+    assert 1.2 < average <= 1.5, average
     assert "rows per bits" in out  # the compression report
     retrained = re.search(r"MPE \(retrained\): AUC (\S+)", out).group(1)
     converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)
