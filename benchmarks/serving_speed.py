@@ -77,8 +77,8 @@ def zipf_ids(rows, shape):
     )
 
 
-def mlp(embedding, fields, shape=None, dtype="int32"):
-    inputs = keras.Input(shape or (fields,), dtype=dtype)
+def mlp(embedding, shape=(26,), dtype="int32"):
+    inputs = keras.Input(shape, dtype=dtype)
     x = keras.layers.Flatten()(embedding(inputs))
     x = keras.layers.Dense(256, activation="relu")(x)
     x = keras.layers.Dense(128, activation="relu")(x)
@@ -132,32 +132,35 @@ def breakdown(fixed, float_table, ids, repeats):
     """
     dim = fixed.output_dim
 
-    def spread(values, positions):  # (distinct, dim) rows back to ids
-        return tf.gather(tf.cast(values, tf.float32), positions)
+    def stage(depth):
+        """The lookup up to step `depth` (1: de-duplication, 2: class and
+        slot, 3: split and re-join), each distinct id's row a stand-in."""
 
-    def unique_only(x):
-        distinct, positions = tf.unique(tf.reshape(x, [-1]))
-        return spread(tf.tile(distinct[:, None], [1, dim]), positions)
+        def lookup(x):
+            distinct, positions = tf.unique(tf.reshape(x, [-1]))
+            values = distinct
+            if depth >= 2:
+                classes, slots = fixed._locate_by_segments(distinct)
+                values = slots + classes
+            rows = tf.tile(values[:, None], [1, dim])
+            if depth >= 3:
+                count = len(fixed.class_rows)
+                where = tf.dynamic_partition(
+                    tf.range(tf.size(classes)), classes, count
+                )
+                parts = tf.dynamic_partition(slots, classes, count)
+                rows = tf.dynamic_stitch(
+                    where, [tf.tile(part[:, None], [1, dim]) for part in parts]
+                )
+            return tf.gather(tf.cast(rows, tf.float32), positions)
 
-    def located(x):
-        distinct, positions = tf.unique(tf.reshape(x, [-1]))
-        classes, slots = fixed._locate_by_segments(distinct)
-        return spread(tf.tile((slots + classes)[:, None], [1, dim]), positions)
-
-    def partitioned(x):
-        distinct, positions = tf.unique(tf.reshape(x, [-1]))
-        classes, slots = fixed._locate_by_segments(distinct)
-        count = len(fixed.class_rows)
-        where = tf.dynamic_partition(tf.range(tf.size(classes)), classes, count)
-        parts = tf.dynamic_partition(slots, classes, count)
-        parts = [tf.tile(part[:, None], [1, dim]) for part in parts]
-        return spread(tf.dynamic_stitch(where, parts), positions)
+        return lookup
 
     stages = {
         "float lookup": float_table,
-        "+ tf.unique and the gather back": unique_only,
-        "+ class and slot of each id": located,
-        "+ split and re-join by class": partitioned,
+        "+ tf.unique and the gather back": stage(1),
+        "+ class and slot of each id": stage(2),
+        "+ split and re-join by class": stage(3),
         "+ gather and unpack (= packed lookup)": fixed,
     }
     functions = [tf.function(f) for f in stages.values()]
@@ -166,10 +169,10 @@ def breakdown(fixed, float_table, ids, repeats):
     )
     for name, median, ratio in zip(stages, medians, ratios, strict=True):
         print(f"  xla=False {name:40s} {1e3 * median:6.2f} ms {ratio:5.2f}x")
-    head = mlp(keras.layers.Identity(), 26, (26, dim), "float32")
+    head = mlp(keras.layers.Identity(), (26, dim), "float32")
     parts = {
-        "float model": mlp(float_table, 26),
-        "packed model": mlp(fixed, 26),
+        "float model": mlp(float_table),
+        "packed model": mlp(fixed),
         "float lookup": float_table,
         "packed lookup": fixed,
     }
@@ -194,7 +197,7 @@ def main():
     mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
     layer = searched_layer(args.rows, args.dim)
     fixed = keras_mpe.FixedBitEmbedding.from_searched(layer)
-    report = keras_mpe.compression_report(mlp(fixed, 26))
+    report = keras_mpe.compression_report(mlp(fixed))
     print(
         f"{mode}: {args.rows} x {args.dim}, 4096 x 26 ids, "
         f"{layer.average_bits():.2f} bits, medians of {args.repeats}"
@@ -207,8 +210,8 @@ def main():
         packed = tf.function(fixed, jit_compile=jit)
         _report(f"lookup  xla={jit!s:5s}", plain, packed, ids, args.repeats)
     for jit in (False, True):
-        float_model = tf.function(mlp(float_table, 26), jit_compile=jit)
-        packed_model = tf.function(mlp(fixed, 26), jit_compile=jit)
+        float_model = tf.function(mlp(float_table), jit_compile=jit)
+        packed_model = tf.function(mlp(fixed), jit_compile=jit)
         _report(
             f"predict xla={jit!s:5s}", float_model, packed_model, ids,
             args.repeats,

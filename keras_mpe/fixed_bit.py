@@ -231,7 +231,8 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         ids = tf.reshape(tf.cast(inputs, tf.int32), [-1])
-        static = self.static_shapes or _compat.in_xla_compilation()
+        xla = _compat.in_xla_compilation()
+        static = self.static_shapes or xla
         if not static:
             # Unpack each distinct id once, then spread the rows back out.
             ids, positions = tf.unique(ids)
@@ -241,7 +242,7 @@ class FixedBitEmbedding(keras.layers.Layer):
             classes, slots = self._locate_by_ranks(ids)
         if static:
             values = self._rows_static(classes, slots)
-            if _compat.in_xla_compilation():
+            if xla:
                 values = _unfused(values)
         else:
             values = self._rows_by_class(classes, slots)
