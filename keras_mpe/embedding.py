@@ -18,7 +18,8 @@ of `quantizer.py` and the penalty
 (c_g: the group's frequency weight, see `frequency.py`). All three phases
 are one arithmetic expression: the phase picks the mixture weights (the
 softmax, a one-hot of the chosen bits, or none), so the layer has no
-control flow and compiles with XLA.
+control flow (under XLA, one conditional on the phase: see `_mix`) and
+compiles with XLA.
 
 Variables:
 
@@ -109,6 +110,33 @@ def _validate_positive_int(name, value, upper=None):
             else (f"an integer from 1 to input_dim={upper}")
         )
         raise ValueError(f"`{name}` must be {valid}. Received: {name}={value}")
+
+
+def _recomputed(function):
+    """`function` of tensors, with its intermediates recomputed for the
+    gradient instead of kept.
+
+    For the static form's `tf.cond` on the phase: TensorFlow makes every
+    intermediate that either branch's gradient needs an output of the
+    conditional, and under XLA the branch not taken fills its share with
+    zeros. The search branch's are several (ids, candidates, dim)
+    tensors, so a FIXED-phase training step cost as much as a search step
+    (`benchmarks/training_speed.py --jit`, Keras 3: 1.40x a plain
+    Embedding step, 1.04x with this). Recomputed, a branch keeps only its
+    inputs, which exist outside it anyway.
+    """
+
+    @tf.custom_gradient
+    def run(*inputs):
+        def grad(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = function(*inputs)
+            return tape.gradient(outputs, inputs, output_gradients=upstream)
+
+        return function(*inputs), grad
+
+    return run
 
 
 @_compat.register_serializable
@@ -351,7 +379,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         count (1 or 0) depends on the phase variable, which XLA compiles
         into very slow code (a training step did not finish in minutes);
         when `static`, a `tf.cond` on the phase picks between the search's
-        columns and the chosen one, each branch with static shapes.
+        columns and the chosen one, each branch with static shapes and
+        its intermediates recomputed for the gradient (`_recomputed`).
         """
         bits = self.quantized_bits
         first = len(self.bit_candidates) - len(bits)
@@ -365,15 +394,25 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         # of a gather from inside one.
         group_weights = tf.gather(weights, groups)
         row_chosen = tf.gather(chosen, groups)[:, None]
+        step_sizes, offset = self._quantizer_parameters()
         if static:
+
+            def search(rows, weights, step_sizes, offset):
+                return self._quantized_sum(
+                    rows, weights, every[None], step_sizes, offset
+                )
+
+            def fixed(rows, weights, step_sizes, offset):
+                chosen_weights = tf.gather(weights, row_chosen, batch_dims=1)
+                return self._quantized_sum(
+                    rows, chosen_weights, row_chosen, step_sizes, offset
+                )
+
+            inputs = (rows, group_weights, step_sizes, offset)
             return tf.cond(
                 is_search,
-                lambda: self._quantized_sum(rows, group_weights, every[None]),
-                lambda: self._quantized_sum(
-                    rows,
-                    tf.gather(group_weights, row_chosen, batch_dims=1),
-                    row_chosen,
-                ),
+                lambda: _recomputed(search)(*inputs),
+                lambda: _recomputed(fixed)(*inputs),
             )
         active = tf.logical_or(
             is_search,
@@ -383,9 +422,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             is_search, tf.boolean_mask(every, active)[None, :], row_chosen
         )
         row_weights = tf.gather(group_weights, index, batch_dims=1)
-        return self._quantized_sum(rows, row_weights, index)
+        return self._quantized_sum(rows, row_weights, index, step_sizes, offset)
 
-    def _quantized_sum(self, rows, row_weights, index):
+    def _quantized_sum(self, rows, row_weights, index, step_sizes, offset):
         """sum over c of row_weights[n, c] * Q_{bits[index[., c]]}(rows[n]).
 
         `index` holds positions in `quantized_bits`: one row per id, or
@@ -401,7 +440,6 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             quantizer.gradient_scale(b, self.input_dim, self.output_dim)
             for b in bits
         ]
-        step_sizes, offset = self._quantizer_parameters()
         quantized = quantizer.fake_quantize(
             rows[:, None, :],
             # A one-hot product rather than a gather: the step sizes then

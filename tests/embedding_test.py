@@ -171,14 +171,19 @@ class PhaseOutputTest(tf.test.TestCase):
             grads = tape.gradient(loss, variables)
             return [outputs] + [tf.convert_to_tensor(g) for g in grads]
 
+        # The static form under XLA: its conditional on the phase, and the
+        # gradient recomputed inside it, as compiled.
+        compiled = tf.function(outputs_and_grads, jit_compile=True)
         for phase in Phase:
             layer.set_phase(phase)
             layer.static_shapes = False
             dynamic = outputs_and_grads()
             layer.static_shapes = True
             static = outputs_and_grads()
-            for a, b in zip(dynamic, static, strict=True):
-                self.assertAllClose(a, b, atol=1e-6)
+            layer.static_shapes = False  # XLA is detected
+            for other in (static, compiled()):
+                for a, b in zip(dynamic, other, strict=True):
+                    self.assertAllClose(a, b, atol=1e-6)
 
     def test_step_sizes_follow_the_table_scale(self):
         layer = make_layer()
