@@ -41,6 +41,25 @@ class FixedBitTest(tf.test.TestCase):
         payload_bits = sum(b * 100 * 16 for b in BITS)
         self.assertEqual(payload_bits // 8, fixed.num_bytes)
 
+    def test_segments_for_fields_sharing_a_table(self):
+        # Each field's vocabulary at its own offset, frequency ordered
+        # within the field (ties included), as adapted per-field lookups
+        # give: a group is one id range per field.
+        rng = np.random.default_rng(1)
+        counts = np.concatenate(
+            [np.sort(rng.zipf(1.3, size))[::-1] for size in (500, 30, 2000)]
+        )
+        layer = keras_mpe.MixedPrecisionEmbedding(counts.size, 8, num_groups=16)
+        layer.set_frequencies(counts)
+        runs = [0, 1, 2, 4, 6, 3, 5, 6]  # bits by group, rarest first
+        layer.set_bits(np.repeat(runs, 2))
+        fixed = FixedBitEmbedding.from_searched(layer)
+        self.assertEqual("segments", fixed.index)
+        # At most one segment per run of equal bits and field.
+        self.assertBetween(fixed.num_segments, len(runs), 3 * len(runs))
+        ids = np.arange(counts.size)
+        self.assertAllEqual(layer(ids), fixed(ids))
+
     def test_static_shapes_under_xla(self):
         layer = searched_layer()
         fixed = FixedBitEmbedding.from_searched(layer)
