@@ -178,9 +178,10 @@ class MPECallback(keras.callbacks.Callback):
                 "chosen at the start of epoch search_epochs. Give fit more "
                 "epochs than search_epochs."
             )
-        for layer in self.layers:
+        budgeted = [] if self.target_bits is None else self.layers
+        for layer in budgeted:
             smallest = min(layer.bit_candidates)
-            if self.target_bits is not None and self.target_bits < smallest:
+            if self.target_bits < smallest:
                 raise ValueError(
                     f"MPECallback: `target_bits={self.target_bits}` is below "
                     f"the smallest of layer '{layer.name}'s bit_candidates "

@@ -397,15 +397,15 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         step_sizes, offset = self._quantizer_parameters()
         if static:
 
-            def search(rows, weights, step_sizes, offset):
+            def search(rows, row_weights, step_sizes, offset):
                 return self._quantized_sum(
-                    rows, weights, every[None], step_sizes, offset
+                    rows, row_weights, every[None], step_sizes, offset
                 )
 
-            def fixed(rows, weights, step_sizes, offset):
-                chosen_weights = tf.gather(weights, row_chosen, batch_dims=1)
+            def fixed(rows, row_weights, step_sizes, offset):
+                chosen_weight = tf.gather(row_weights, row_chosen, batch_dims=1)
                 return self._quantized_sum(
-                    rows, chosen_weights, row_chosen, step_sizes, offset
+                    rows, chosen_weight, row_chosen, step_sizes, offset
                 )
 
             inputs = (rows, group_weights, step_sizes, offset)
