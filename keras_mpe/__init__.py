@@ -8,6 +8,7 @@ Public API:
     convert: swaps every MixedPrecisionEmbedding for a FixedBitEmbedding.
     export_saved_model: writes a SavedModel that TF Serving loads.
     compression_report: payload and real bytes per table.
+    find_layers: the keras_mpe layers inside a model.
 """
 
 from keras_mpe.callback import MPECallback
@@ -16,6 +17,7 @@ from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.embedding import Phase
 from keras_mpe.export import export_saved_model
 from keras_mpe.fixed_bit import FixedBitEmbedding
+from keras_mpe.model_layers import find_layers
 from keras_mpe.report import compression_report
 
 __version__ = "0.1.0"
@@ -28,4 +30,5 @@ __all__ = [
     "compression_report",
     "convert",
     "export_saved_model",
+    "find_layers",
 ]

@@ -66,6 +66,11 @@ def in_xla_compilation() -> bool:
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
+def sublayers(model) -> list:
+    """Every layer nested inside `model` (not `model` itself)."""
+    return list(model._flatten_layers(include_self=False))
+
+
 def replace_sublayer(parent, name, layer):
     """Sets `parent.<name> = layer` on a built layer, untracking the old."""
     tracker = getattr(parent, "_tracker", None)  # Keras 3 locks built layers

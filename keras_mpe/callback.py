@@ -24,20 +24,11 @@ import tensorflow as tf
 
 from keras_mpe import _compat
 from keras_mpe import frequency
-from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.embedding import Phase
+from keras_mpe.model_layers import find_layers
 from keras_mpe.selection import SELECTION_RULES
 
 keras = _compat.keras
-
-
-def find_layers(model) -> list:
-    """Every MixedPrecisionEmbedding inside `model`, nested ones included."""
-    found = []
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, MixedPrecisionEmbedding) and layer not in found:
-            found.append(layer)
-    return found
 
 
 class MPECallback(keras.callbacks.Callback):

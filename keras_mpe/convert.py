@@ -10,6 +10,7 @@ in place and the same model object is returned.
 from keras_mpe import _compat
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.fixed_bit import FixedBitEmbedding
+from keras_mpe.model_layers import find_layers
 
 keras = _compat.keras
 
@@ -63,11 +64,7 @@ def convert(model):
         The serving model: a new model for functional and Sequential
         models, `model` itself (changed in place) for subclassed models.
     """
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, MixedPrecisionEmbedding)
-    ]
+    layers = find_layers(model)
     if not layers:
         raise ValueError(
             f"convert: model '{model.name}' has no MixedPrecisionEmbedding."

@@ -14,7 +14,7 @@ import os
 import tensorflow as tf
 
 from keras_mpe import _compat
-from keras_mpe.embedding import MixedPrecisionEmbedding
+from keras_mpe.model_layers import find_layers
 
 
 def input_signature(model) -> dict:
@@ -64,11 +64,7 @@ def export_saved_model(
     Returns:
         `path`.
     """
-    remaining = [
-        layer.name
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, MixedPrecisionEmbedding)
-    ]
+    remaining = [layer.name for layer in find_layers(model)]
     if remaining and not allow_fake_quant:
         raise ValueError(
             "export_saved_model: the model still holds MixedPrecision"

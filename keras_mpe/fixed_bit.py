@@ -236,10 +236,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         if not static:
             # Unpack each distinct id once, then spread the rows back out.
             ids, positions = tf.unique(ids)
-        if self.index == "segments":
-            classes, slots = self._locate_by_segments(ids)
-        else:
-            classes, slots = self._locate_by_ranks(ids)
+        classes, slots = self.locate(ids)
         if static:
             values = self._rows_static(classes, slots)
             if xla:
@@ -283,6 +280,14 @@ class FixedBitEmbedding(keras.layers.Layer):
                 rows = self._dequantized(bits, tf.where(member, slots, 0))
                 values = tf.where(member[:, None], rows, values)
         return values
+
+    def locate(self, ids):
+        """Each id's class (position in `class_rows`) and slot (row in
+        that class's codes), as two int32 tensors shaped like `ids`."""
+        ids = tf.cast(ids, tf.int32)
+        if self.index == "segments":
+            return self._locate_by_segments(ids)
+        return self._locate_by_ranks(ids)
 
     def _locate_by_segments(self, ids):
         """Class and slot of each id."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_mpe import _compat
 from keras_mpe.fixed_bit import FixedBitEmbedding
+from keras_mpe.model_layers import find_layers
 
 
 @dataclasses.dataclass
@@ -164,8 +165,7 @@ def compression_report(
     """
     layers = [
         _layer_report(layer)
-        for layer in serving_model._flatten_layers(include_self=False)
-        if isinstance(layer, FixedBitEmbedding)
+        for layer in find_layers(serving_model, FixedBitEmbedding)
     ]
     if not layers:
         raise ValueError(

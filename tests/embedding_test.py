@@ -9,7 +9,6 @@ import testing_utils
 
 import keras_mpe
 from keras_mpe import _compat
-from keras_mpe.callback import find_layers as callback_find
 from keras_mpe.embedding import Phase
 
 keras = _compat.keras
@@ -318,8 +317,8 @@ class SerializationTest(tf.test.TestCase):
             loaded.predict(self.ids, verbose=0),
             atol=1e-6,
         )
-        (layer,) = callback_find(model)
-        (other,) = callback_find(loaded)
+        (layer,) = keras_mpe.find_layers(model)
+        (other,) = keras_mpe.find_layers(loaded)
         testing_utils.assert_same_layer_state(layer, other)
 
     def test_save_and_load(self):

@@ -26,6 +26,19 @@ def shared_file(*parts):
     return path
 
 
+def assert_same_predictions(expected, actual):
+    """Whole-model outputs computed by different kernels or graphs agree.
+
+    oneDNN may order float sums differently from one CPU to another and
+    between a Keras model and its SavedModel (1.2e-7 measured on an AMD
+    EPYC), so whole models are compared with a tolerance; a layer's own
+    outputs before and after conversion stay compared exactly.
+    """
+    np.testing.assert_allclose(
+        np.asarray(actual), np.asarray(expected), rtol=1e-6, atol=1e-6
+    )
+
+
 def quantize_np(values, step, offset, bits):
     """Reference fake quantization in numpy (round half to even)."""
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
