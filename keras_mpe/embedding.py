@@ -54,7 +54,9 @@ started on an untrained table; `MPECallback` sets them after a float
 warm-up).
 """
 
+import contextlib
 import enum
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -63,10 +65,9 @@ from keras_mpe import _compat
 from keras_mpe import frequency
 from keras_mpe import quantizer
 from keras_mpe import selection
+from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
-
-MAX_BITS = 8
 
 
 class Phase(enum.IntEnum):
@@ -110,6 +111,35 @@ def _validate_positive_int(name, value, upper=None):
             else (f"an integer from 1 to input_dim={upper}")
         )
         raise ValueError(f"`{name}` must be {valid}. Received: {name}={value}")
+
+
+def _built(method):
+    """Builds the layer first: its shapes are known from the arguments,
+    so state can be set before the first call (as a subclassed model's
+    callback may, before the model has run)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self.built:
+            self.build()
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+class IdRecorder:
+    """The ids a MixedPrecisionEmbedding received while counting."""
+
+    def __init__(self):
+        self._ids = []
+
+    def record(self, ids):
+        self._ids.append(ids)
+
+    def take(self) -> list:
+        """The id tensors recorded since the last `take`, one per call."""
+        taken, self._ids = self._ids, []
+        return taken
 
 
 def _recomputed(function):
@@ -231,9 +261,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         )
         self.quantized_bits = tuple(b for b in self.bit_candidates if b > 0)
         self.static_shapes = False
-        self._counting = False
-        self._counted_ids = []
-        self.build()
+        self._recorder = None
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape=None):
@@ -303,13 +331,16 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             **state,
         )
         self.built = True
-        self.initialize_step_sizes()
+        # Eagerly even when the first call that builds the layer is traced.
+        with tf.init_scope():
+            self.snapshot_embeddings()
+            self.initialize_step_sizes()
 
     # ------------------------------------------------------------------- call
     def call(self, inputs):
         ids = self._checked_ids(inputs)
-        if self._counting:
-            self._counted_ids.append(ids)
+        if self._recorder is not None:
+            self._recorder.record(ids)
             shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
             return tf.zeros(shape, self.compute_dtype)
         phase = _compat.read(self._phase)
@@ -328,7 +359,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         rows = _compat.gather_rows(self._embeddings, flat_ids)
         groups = _compat.gather_rows(self._group_ids, flat_ids)
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
-        mixed = self._mix(rows, groups, phase, probabilities, static)
+        row_weights, row_chosen = self._row_weights(
+            groups, phase, probabilities
+        )
+        mix = self._mix_static if static else self._mix_dynamic
+        mixed = mix(rows, row_weights, row_chosen, phase)
         outputs = is_float * rows + mixed
         if not static:
             outputs = tf.gather(outputs, positions)
@@ -370,50 +405,31 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         is_fixed = tf.cast(tf.equal(phase, Phase.FIXED), one_hot.dtype)
         return is_search * probabilities + is_fixed * one_hot
 
-    def _mix(self, rows, groups, phase, probabilities, static):
+    def _row_weights(self, groups, phase, probabilities):
+        """Each row's weight for each candidate b > 0, and its chosen one.
+
+        Returns `(row_weights, row_chosen)`: `(n, quantized K)` weights
+        (the distribution while searching, a one-hot of the chosen bits
+        when FIXED, zeros in FLOAT) and `(n, 1)` the position of the
+        chosen candidate (any one, at weight 0, for a pruned group).
+        """
+        first = len(self.bit_candidates) - len(self.quantized_bits)
+        weights = self._mixture_weights(phase, probabilities)[:, first:]
+        chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
+        # Gathered here, not inside the static form's conditional: XLA
+        # cannot size the sparse gradient of a gather from inside one.
+        return tf.gather(weights, groups), tf.gather(chosen, groups)[:, None]
+
+    def _mix_dynamic(self, rows, row_weights, row_chosen, phase):
         """sum over candidates b > 0 of weight_b * Q_b(rows).
 
         Only the candidates whose weight can be non-zero are quantized:
-        every one while searching, each row's chosen one otherwise (FIXED;
-        in FLOAT its weight is 0). By default the FIXED / FLOAT column
-        count (1 or 0) depends on the phase variable, which XLA compiles
-        into very slow code (a training step did not finish in minutes);
-        when `static`, a `tf.cond` on the phase picks between the search's
-        columns and the chosen one, each branch with static shapes and
-        its intermediates recomputed for the gradient (`_recomputed`).
+        every one while searching, each row's chosen one when FIXED, none
+        in FLOAT. The column count depends on the phase variable, which
+        is fast without XLA and very slow under it (see `_mix_static`).
         """
-        bits = self.quantized_bits
-        first = len(self.bit_candidates) - len(bits)
-        weights = self._mixture_weights(phase, probabilities)[:, first:]
-        # FIXED: the chosen column (weight 1), or any one (weight 0) when
-        # the group is pruned.
-        chosen = tf.argmax(weights, axis=1, output_type=tf.int32)
-        every = tf.range(len(bits))
+        every = tf.range(len(self.quantized_bits))
         is_search = tf.equal(phase, Phase.SEARCH)
-        # Gathered outside the cond: XLA cannot size the sparse gradient
-        # of a gather from inside one.
-        group_weights = tf.gather(weights, groups)
-        row_chosen = tf.gather(chosen, groups)[:, None]
-        step_sizes, offset = self._quantizer_parameters()
-        if static:
-
-            def search(rows, row_weights, step_sizes, offset):
-                return self._quantized_sum(
-                    rows, row_weights, every[None], step_sizes, offset
-                )
-
-            def fixed(rows, row_weights, step_sizes, offset):
-                chosen_weight = tf.gather(row_weights, row_chosen, batch_dims=1)
-                return self._quantized_sum(
-                    rows, chosen_weight, row_chosen, step_sizes, offset
-                )
-
-            inputs = (rows, group_weights, step_sizes, offset)
-            return tf.cond(
-                is_search,
-                lambda: _recomputed(search)(*inputs),
-                lambda: _recomputed(fixed)(*inputs),
-            )
         active = tf.logical_or(
             is_search,
             tf.logical_and(tf.equal(phase, Phase.FIXED), every < 1),
@@ -421,8 +437,38 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         index = tf.where(
             is_search, tf.boolean_mask(every, active)[None, :], row_chosen
         )
-        row_weights = tf.gather(group_weights, index, batch_dims=1)
-        return self._quantized_sum(rows, row_weights, index, step_sizes, offset)
+        weights = tf.gather(row_weights, index, batch_dims=1)
+        step_sizes, offset = self._quantizer_tensors()
+        return self._quantized_sum(rows, weights, index, step_sizes, offset)
+
+    def _mix_static(self, rows, row_weights, row_chosen, phase):
+        """`_mix_dynamic` with static shapes, as XLA needs.
+
+        A phase-dependent column count compiled by XLA into a training
+        step that did not finish in minutes; instead a `tf.cond` on the
+        phase picks between every candidate (SEARCH) and the chosen one
+        (FIXED, and FLOAT at weight 0), each branch with its
+        intermediates recomputed for the gradient (`_recomputed`).
+        """
+        every = tf.range(len(self.quantized_bits))[None]
+
+        def search(rows, row_weights, step_sizes, offset):
+            return self._quantized_sum(
+                rows, row_weights, every, step_sizes, offset
+            )
+
+        def fixed(rows, row_weights, step_sizes, offset):
+            chosen_weight = tf.gather(row_weights, row_chosen, batch_dims=1)
+            return self._quantized_sum(
+                rows, chosen_weight, row_chosen, step_sizes, offset
+            )
+
+        inputs = (rows, row_weights, *self._quantizer_tensors())
+        return tf.cond(
+            tf.equal(phase, Phase.SEARCH),
+            lambda: _recomputed(search)(*inputs),
+            lambda: _recomputed(fixed)(*inputs),
+        )
 
     def _quantized_sum(self, rows, row_weights, index, step_sizes, offset):
         """sum over c of row_weights[n, c] * Q_{bits[index[., c]]}(rows[n]).
@@ -457,7 +503,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         )
         return tf.einsum("nc,ncd->nd", row_weights, quantized)
 
-    def _quantizer_parameters(self):
+    def _quantizer_tensors(self):
         """(alpha of each quantized candidate, beta): stored x scale."""
         scale = _compat.read(self._quantizer_scale)
         return (
@@ -465,6 +511,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             scale * _compat.read(self._offset),
         )
 
+    @_built
     def quantizer_parameters(self) -> tuple:
         """The step sizes alpha_b (one per b > 0) and the offset beta.
 
@@ -474,9 +521,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             units (the signed step sizes as trained; the quantizer uses
             |alpha_b|).
         """
-        step_sizes, offset = self._quantizer_parameters()
+        step_sizes, offset = self._quantizer_tensors()
         return step_sizes.numpy(), offset.numpy()
 
+    @_built
     def set_quantizer_parameters(self, step_sizes, offset):
         """Sets alpha_b and beta (table units), keeping the current scale.
 
@@ -502,21 +550,64 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self._step_sizes.assign(step_sizes / scale)
         self._offset.assign(offset / scale)
 
+    # -------------------------------------------------------------- the state
+    @property
+    @_built
+    def embeddings(self):
+        """The latent float table e, `(input_dim, output_dim)`."""
+        return self._embeddings
+
+    @_built
+    def row_bits(self) -> np.ndarray:
+        """Each row's chosen bit-width, int8 `(input_dim,)` (0 = pruned)."""
+        chosen = self._chosen_bits.numpy().astype(np.int8)
+        return chosen[self._group_ids.numpy()]
+
+    @contextlib.contextmanager
+    @_built
+    def counting(self):
+        """Within the block, calls record their ids instead of embedding.
+
+        Each call checks its ids, records them in the `IdRecorder` this
+        yields and returns zeros of the output shape; no weight is read,
+        so counting costs no training state. `frequency.count_ids` runs a
+        model's forward pass this way.
+
+        Example:
+
+        ```python
+        with layer.counting() as recorder:
+            model(batch)
+        ids = recorder.take()  # one id tensor per call of `layer`
+        ```
+        """
+        if self._recorder is not None:
+            raise RuntimeError(f"Layer '{self.name}' is already counting.")
+        self._recorder = IdRecorder()
+        try:
+            yield self._recorder
+        finally:
+            self._recorder = None
+
     # ------------------------------------------------------------ the phases
     @property
+    @_built
     def phase(self) -> Phase:
         """The current `Phase`."""
         return Phase(int(self._phase.numpy()))
 
+    @_built
     def set_phase(self, phase: Phase):
         """Switches the layer to `phase` (a `Phase` or its integer value)."""
         self._phase.assign(int(Phase(phase)))
 
     @property
+    @_built
     def has_frequencies(self) -> bool:
         """Whether id frequencies have been counted (`set_frequencies`)."""
         return bool(self._counts.numpy().any())
 
+    @_built
     def set_frequencies(self, counts) -> frequency.FrequencyGroups:
         """Sets the id counts and groups the rows by frequency.
 
@@ -538,6 +629,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self._group_weights.assign(groups.group_weights)
         return groups
 
+    @_built
     def initialize_step_sizes(self):
         """Sets each alpha_b from the table's current scale (LSQ init).
 
@@ -555,18 +647,22 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             offset,
         )
 
+    @_built
     def snapshot_embeddings(self):
         """Remembers the current table as the target of `rewind()`."""
         self._initial_embeddings.assign(self._embeddings)
 
+    @_built
     def rewind(self):
         """Resets the table to the values saved by `snapshot_embeddings`."""
         self._embeddings.assign(self._initial_embeddings)
 
+    @_built
     def precision_probabilities(self) -> np.ndarray:
         """The `(num_groups, K)` distribution over `bit_candidates`."""
         return self._probabilities().numpy()
 
+    @_built
     def select_bits(
         self, rule: str = "threshold", seed=None, target_bits=None
     ) -> np.ndarray:
@@ -605,6 +701,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.set_bits(chosen)
         return chosen
 
+    @_built
     def set_bits(self, bits):
         """Fixes each group's bit-width (group 0 the rarest), enters FIXED.
 
@@ -626,12 +723,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.set_phase(Phase.FIXED)
 
     # ------------------------------------------------------------- reporting
+    @_built
     def group_sizes(self) -> np.ndarray:
         """Rows per frequency group."""
         return np.bincount(
             self._group_ids.numpy(), minlength=self.num_groups
         ).astype(np.int64)
 
+    @_built
     def bits_per_group(self) -> dict:
         """Per frequency group: chosen bits, rows, id occurrences, weight.
 
@@ -655,6 +754,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             "weight": self._group_weights.numpy(),
         }
 
+    @_built
     def average_bits(self) -> float:
         """Average bits per table element in the current phase.
 

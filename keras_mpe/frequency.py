@@ -1,7 +1,7 @@
 """Frequency statistics: counting ids and grouping rows by frequency.
 
 Counting runs the model's own forward pass over a dataset with every
-MixedPrecisionEmbedding in counting mode: the layers record the ids they
+MixedPrecisionEmbedding in its `counting()` mode: the layers record the ids they
 receive (after any StringLookup / Hashing in the model) and return zeros,
 so any model structure works without an id extractor. The ids of a batch
 are reduced on the device with `unique_with_counts`; the host adds the
@@ -23,6 +23,7 @@ of the rarest non-empty group, so that it neither makes every weight
 infinite nor weakens the penalty on the others.
 """
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -136,30 +137,30 @@ def count_ids(model, layers, dataset) -> list:
         One int64 array `(layer.input_dim,)` of counts per layer.
     """
     counts = [np.zeros(layer.input_dim, np.int64) for layer in layers]
+    with contextlib.ExitStack() as stack:
+        recorders = [stack.enter_context(layer.counting()) for layer in layers]
 
-    @tf.function(reduce_retracing=True)
-    def count_batch(inputs):
-        for layer in layers:
-            layer._counted_ids = []
-        _forward(model, inputs)
-        batch_counts = []
-        graph = tf.compat.v1.get_default_graph()
-        for layer in layers:
-            # Keras may also trace the model symbolically (to build it) in
-            # a scratch graph; only this graph's ids are this batch's.
-            ids = [
-                tf.reshape(i, [-1])
-                for i in layer._counted_ids
-                if i.graph is graph
-            ]
-            ids = tf.concat(ids, 0) if ids else tf.zeros([0], tf.int32)
-            unique, _, count = tf.unique_with_counts(ids, tf.int32)
-            batch_counts.append((unique, count))
-        return batch_counts
+        @tf.function(reduce_retracing=True)
+        def count_batch(inputs):
+            for recorder in recorders:
+                recorder.take()  # what an earlier trace left
+            _forward(model, inputs)
+            graph = tf.compat.v1.get_default_graph()
+            batch_counts = []
+            for recorder in recorders:
+                # Keras may also trace the model symbolically (to build
+                # it) in a scratch graph; only this graph's ids are this
+                # batch's.
+                ids = [
+                    tf.reshape(i, [-1])
+                    for i in recorder.take()
+                    if i.graph is graph
+                ]
+                ids = tf.concat(ids, 0) if ids else tf.zeros([0], tf.int32)
+                unique, _, count = tf.unique_with_counts(ids, tf.int32)
+                batch_counts.append((unique, count))
+            return batch_counts
 
-    for layer in layers:
-        layer._counting = True
-    try:
         for batch in dataset:
             inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
             batch_counts = count_batch(inputs)
@@ -167,8 +168,4 @@ def count_ids(model, layers, dataset) -> list:
                 counts, batch_counts, strict=True
             ):
                 total[unique.numpy()] += count.numpy()
-    finally:
-        for layer in layers:
-            layer._counting = False
-            layer._counted_ids = []
     return counts

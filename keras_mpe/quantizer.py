@@ -16,6 +16,12 @@ LSQ (arXiv 1902.08153) and LSQ+ (arXiv 2004.09576):
     dQ/dbeta  = s * ([u < lo] + [u > hi])
 
 where s is the LSQ gradient scale 1 / sqrt(2^(b-1) * rows * dim).
+
+Stored codes are unsigned: `encode` gives clip(round(u), lo, hi) - lo in
+[0, 2^b) and `decode` maps them back. Training (`fake_quantize`),
+conversion and serving all go through the same three steps below
+(`effective_step`, rounding and clipping, dequantization), which is what
+makes a converted table equal to the bit to the trained one.
 """
 
 import math
@@ -42,6 +48,64 @@ def gradient_scale(bits: int, rows: int, dim: int) -> float:
 def initial_step_size(mean_abs: float, bits: int) -> float:
     """The LSQ initial step size 2 * mean(|W|) / sqrt(2^(b-1))."""
     return 2.0 * mean_abs / math.sqrt(2 ** (bits - 1))
+
+
+def effective_step(step_size):
+    """The step the quantizer uses: |alpha| + 1e-10 (never zero)."""
+    return tf.abs(step_size) + STEP_EPSILON
+
+
+def _signed_codes(scaled, lo, hi):
+    """clip(round(u), lo, hi): the signed integer codes, as floats."""
+    return tf.clip_by_value(tf.round(scaled), lo, hi)
+
+
+def _dequantize(signed_codes, step, offset):
+    """code * step + offset, the one dequantization formula."""
+    return signed_codes * step + offset
+
+
+def encode(values, step_size, offset, bits: int):
+    """The stored codes of `values` at `bits` bits: clip(round(u)) - lo.
+
+    Example:
+
+    >>> encode([[0.3, -1.0]], 0.5, 0.0, bits=2)  # u = 0.6, -2
+    <tf.Tensor: ... numpy=array([[3, 0]], dtype=int32)>
+
+    Args:
+        values: Float tensor `(..., dim)`. Latent values e.
+        step_size: Float scalar. alpha (the quantizer uses |alpha| + 1e-10).
+        offset: Float tensor broadcasting to `values`. beta.
+        bits: Integer from 1 to 8.
+
+    Returns:
+        int32 tensor shaped like `values`, unsigned codes in [0, 2^bits).
+    """
+    lo, hi = integer_range(bits)
+    values = tf.convert_to_tensor(values, tf.float32)
+    scaled = (values - offset) / effective_step(step_size)
+    return tf.cast(_signed_codes(scaled, lo, hi) - lo, tf.int32)
+
+
+def decode(codes, step_size, offset, bits: int):
+    """The values that `encode` codes stand for: (code + lo) * step + beta.
+
+    Equal to the bit to `fake_quantize`'s forward pass at the same
+    `bits`, `step_size` and `offset`.
+
+    Args:
+        codes: Integer tensor of unsigned codes.
+        step_size: Float scalar. alpha.
+        offset: Float tensor broadcasting to `codes`. beta.
+        bits: Integer from 1 to 8.
+
+    Returns:
+        float32 tensor shaped like `codes`.
+    """
+    lo = integer_range(bits)[0]
+    signed = tf.cast(codes + lo, tf.float32)
+    return _dequantize(signed, effective_step(step_size), offset)
 
 
 def _sum_to_shape(grad, target):
@@ -78,10 +142,10 @@ def fake_quantize(values, step_size, offset, lo, hi, grad_scale):
 
     @tf.custom_gradient
     def _quantize(values, step_size, offset):
-        step = tf.abs(step_size) + STEP_EPSILON
+        step = effective_step(step_size)
         scaled = (values - offset) / step
-        codes = tf.clip_by_value(tf.round(scaled), lo, hi)
-        output = codes * step + offset
+        codes = _signed_codes(scaled, lo, hi)
+        output = _dequantize(codes, step, offset)
 
         def grad(upstream):
             # Few full-size ops: this runs for every looked-up row.

@@ -93,10 +93,24 @@ class CountingTest(tf.test.TestCase):
         )
         self.assertAllEqual(expected, shared)
         self.assertAllEqual(np.bincount(c, minlength=50), other)
-        # Counting mode is off afterwards: the model computes real outputs.
-        self.assertFalse(model.shared._counting)
+        # Counting mode is off afterwards: the layers embed again.
+        self.assertGreater(np.abs(model.shared(np.array([1, 2]))).sum(), 0)
         outputs = model({"a": a[:2], "b": b[:2], "c": c[:2]})
         self.assertEqual((2, 1), outputs.shape)
+
+    def test_counting_mode_records_ids_and_returns_zeros(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
+        with layer.counting() as recorder:
+            self.assertAllEqual(np.zeros((2, 3, 2)), layer(np.array([[1, 2, 2]] * 2)))
+            layer(np.array([9]))
+            first, second = recorder.take()
+            self.assertAllEqual([[1, 2, 2]] * 2, first)
+            self.assertAllEqual([9], second)
+            self.assertEqual([], recorder.take())
+            with self.assertRaisesRegex(RuntimeError, "already counting"):
+                with layer.counting():
+                    pass
+        self.assertGreater(np.abs(layer(np.array([1]))).sum(), 0)
 
     def test_counting_costs_no_training_state(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
