@@ -17,8 +17,6 @@ Every step is decided from the epoch index and the layers' own state, so a
 `fit` resumed from a checkpoint with `initial_epoch` picks up where it was.
 """
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +25,7 @@ from keras_mpe import frequency
 from keras_mpe.embedding import Phase
 from keras_mpe.model_layers import find_layers
 from keras_mpe.selection import SELECTION_RULES
+from keras_mpe.selection import check_target_bits
 
 keras = _compat.keras
 
@@ -119,17 +118,7 @@ class MPECallback(keras.callbacks.Callback):
                 f"`selection` must be one of {SELECTION_RULES}. "
                 f"Received: selection={selection!r}"
             )
-        if target_bits is not None and (
-            selection != "threshold"
-            or isinstance(target_bits, bool)
-            or not isinstance(target_bits, numbers.Real)
-            or not 0 <= target_bits <= 32
-        ):
-            raise ValueError(
-                "`target_bits` must be a number of bits per element from 0 "
-                "to 32, with selection='threshold'. Received: "
-                f"target_bits={target_bits!r}, selection={selection!r}"
-            )
+        check_target_bits(target_bits, rule=selection, rule_name="selection")
         if mode not in ("auto", "min", "max"):
             raise ValueError(
                 "`mode` must be 'auto', 'min' or 'max'. "
@@ -169,16 +158,10 @@ class MPECallback(keras.callbacks.Callback):
                 "chosen at the start of epoch search_epochs. Give fit more "
                 "epochs than search_epochs."
             )
-        budgeted = [] if self.target_bits is None else self.layers
-        for layer in budgeted:
-            smallest = min(layer.bit_candidates)
-            if self.target_bits < smallest:
-                raise ValueError(
-                    f"MPECallback: `target_bits={self.target_bits}` is below "
-                    f"the smallest of layer '{layer.name}'s bit_candidates "
-                    f"{tuple(layer.bit_candidates)}; the budget must be at "
-                    f"least {smallest} bits per element."
-                )
+        for layer in self.layers:  # before the counting pass, not after
+            check_target_bits(
+                self.target_bits, layer.bit_candidates, table=layer.name
+            )
         if not all(layer.has_frequencies for layer in self.layers):
             self._count_frequencies()
 

@@ -292,6 +292,15 @@ def _read_csv(path, width, what):
     return _checked_rows(path, rows, width, what)
 
 
+def _read_labelled_csv(path, width, what, label, min_count, fraction, seed):
+    """A CSV whose column `label` is the click and every later column a
+    categorical token."""
+    rows = _read_csv(path, width, what)
+    labels = np.array([[float(row[label])] for row in rows], np.float32)
+    tokens = [row[label + 1 :] for row in rows]
+    return _encode_fields(tokens, labels, min_count, fraction, seed)
+
+
 def read_avazu(
     path, min_count: int = 2, train_fraction: float = 0.8, seed: int = 0
 ) -> dict:
@@ -302,10 +311,9 @@ def read_avazu(
     Args:
         path: Path of the CSV file with its header line.
     """
-    rows = _read_csv(path, 24, "an Avazu CSV")
-    labels = np.array([[float(row[1])] for row in rows], np.float32)
-    tokens = [row[2:] for row in rows]
-    return _encode_fields(tokens, labels, min_count, train_fraction, seed)
+    return _read_labelled_csv(
+        path, 24, "an Avazu CSV", 1, min_count, train_fraction, seed
+    )
 
 
 def read_kdd12(
@@ -319,10 +327,15 @@ def read_kdd12(
     Args:
         path: Path of the CSV file with its header line.
     """
-    rows = _read_csv(path, 12, "a KDD12 Click_prediction_small CSV")
-    labels = np.array([[float(row[0])] for row in rows], np.float32)
-    tokens = [row[1:] for row in rows]
-    return _encode_fields(tokens, labels, min_count, train_fraction, seed)
+    return _read_labelled_csv(
+        path,
+        12,
+        "a KDD12 Click_prediction_small CSV",
+        0,
+        min_count,
+        train_fraction,
+        seed,
+    )
 
 
 for _reader in (read_criteo, read_avazu, read_kdd12):

@@ -680,16 +680,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         Returns:
             int32 array `(num_groups,)` of the chosen bit-widths.
         """
+        selection.check_target_bits(target_bits, self.bit_candidates, rule)
         probabilities = self.precision_probabilities()
         if target_bits is None:
             chosen = selection.select_bits(
                 probabilities, self.bit_candidates, rule, seed
-            )
-        elif rule != "threshold":
-            raise ValueError(
-                "`target_bits` chooses the bits with its own rule; leave "
-                f"`rule` at 'threshold'. Received: rule={rule!r}, "
-                f"target_bits={target_bits}"
             )
         else:
             chosen = selection.budget_bits(

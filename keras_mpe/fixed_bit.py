@@ -84,11 +84,11 @@ class FixedBitEmbedding(keras.layers.Layer):
         **kwargs: Base layer keyword arguments.
 
     Attributes:
-        static_shapes: Boolean, False by default. Calls traced for XLA
-            (`jit_compile=True`, detected when the function is traced)
-            skip the de-duplication of ids (`tf.unique`) and the split of
-            ids by class (`DynamicPartition`), neither of which XLA
-            compiles well. True forces that form everywhere.
+        static_shapes: Boolean, False by default. As in
+            `MixedPrecisionEmbedding`: calls traced for XLA keep static
+            shapes (no `tf.unique`, no `DynamicPartition` of ids by
+            class, each class read for every id instead); True forces
+            that form everywhere.
 
     Input shape:
         Integer tensor of any shape `(...)`.

@@ -28,11 +28,60 @@ the running maximum both matter:
   bits is search noise, and the running maximum removes it.
 """
 
+import math
 import numbers
 
 import numpy as np
 
 SELECTION_RULES = ("threshold", "argmax", "sample")
+
+
+def check_target_bits(
+    target_bits,
+    bit_candidates=(0,),
+    rule="threshold",
+    rule_name="rule",
+    table="",
+):
+    """Raises a ValueError unless `target_bits` is a size budget to meet.
+
+    A budget is a finite number of bits per element from 0 to 32, at
+    least the smallest of `bit_candidates`; it replaces the selection
+    rule, so `rule` must be the default "threshold". None passes.
+
+    Args:
+        target_bits: The value to check.
+        bit_candidates: The candidates of the table it is meant for.
+        rule: The selection rule given with it.
+        rule_name: The name of that rule's argument, for the message.
+        table: The table's name, for the message.
+    """
+    if target_bits is None:
+        return
+    if (
+        isinstance(target_bits, bool)
+        or not isinstance(target_bits, numbers.Real)
+        or not math.isfinite(target_bits)
+        or not 0 <= target_bits <= 32
+    ):
+        raise ValueError(
+            "`target_bits` must be a number of bits per element from 0 to "
+            f"32. Received: target_bits={target_bits!r}"
+        )
+    candidates = tuple(int(b) for b in bit_candidates)
+    if target_bits < min(candidates):
+        whose = f"layer '{table}'s " if table else ""
+        raise ValueError(
+            f"`target_bits={target_bits!r}` is below the smallest of "
+            f"{whose}bit_candidates {candidates}: the budget must be at least "
+            f"{min(candidates)} bits per element."
+        )
+    if rule != "threshold":
+        raise ValueError(
+            "`target_bits` chooses the bits with its own rule; leave "
+            f"`{rule_name}` at 'threshold'. Received: {rule_name}={rule!r}, "
+            f"target_bits={target_bits!r}"
+        )
 
 
 def select_bits(probabilities, bit_candidates, rule="threshold", seed=None):
@@ -139,19 +188,9 @@ def budget_bits(probabilities, bit_candidates, group_rows, target_bits):
         int32 array `(groups,)`, non-decreasing, averaging at most
         `target_bits`, in which no further event fits.
     """
+    check_target_bits(target_bits, bit_candidates)
     rows = np.asarray(group_rows, np.float64)
     candidates = np.asarray(bit_candidates, np.int64)
-    smallest = float(candidates.min())
-    if (
-        isinstance(target_bits, bool)
-        or not isinstance(target_bits, numbers.Real)
-        or not np.isfinite(target_bits)
-        or target_bits < smallest
-    ):
-        raise ValueError(
-            f"`target_bits` must be at least the smallest candidate, "
-            f"{smallest:g} bits. Received: target_bits={target_bits}"
-        )
     tails = _tails(probabilities)
     groups = np.arange(tails.shape[0])
     # Most probable first; among equals, the more frequent group first.
