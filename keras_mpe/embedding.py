@@ -65,6 +65,7 @@ from keras_mpe import _compat
 from keras_mpe import frequency
 from keras_mpe import quantizer
 from keras_mpe import selection
+from keras_mpe.ids import checked_ids
 from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
@@ -338,7 +339,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs):
-        ids = self._checked_ids(inputs)
+        ids = checked_ids(inputs, self.input_dim, self)
         if self._recorder is not None:
             self._recorder.record(ids)
             shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
@@ -372,17 +373,6 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
-
-    def _checked_ids(self, inputs):
-        ids = tf.cast(inputs, tf.int32)
-        where = f"MixedPrecisionEmbedding '{self.name}': every id must be in "
-        where += f"[0, input_dim={self.input_dim})."
-        checks = [
-            tf.debugging.assert_non_negative(ids, message=where),
-            tf.debugging.assert_less(ids, self.input_dim, message=where),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(ids)
 
     def _probabilities(self):
         logits = _compat.read(self._precision_logits)

@@ -36,6 +36,7 @@ from keras_mpe import quantizer
 from keras_mpe import row_index
 from keras_mpe import storage
 from keras_mpe.embedding import Phase
+from keras_mpe.ids import checked_ids
 
 keras = _compat.keras
 MAX_BITS = storage.MAX_BITS
@@ -184,7 +185,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        ids = tf.reshape(tf.cast(inputs, tf.int32), [-1])
+        ids = tf.reshape(checked_ids(inputs, self.input_dim, self), [-1])
         xla = _compat.in_xla_compilation()
         static = self.static_shapes or xla
         if not static:

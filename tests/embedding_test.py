@@ -256,11 +256,13 @@ class BadInputTest(tf.test.TestCase):
 
     def test_ids_out_of_range_eager(self):
         layer = make_layer()
-        for bad in ([[0, 12]], [[-1, 3]]):
+        # 2^32 + 5 would read row 5 if the ids were cast before the check.
+        for bad in ([[0, 12]], [[-1, 3]], [[2**32 + 5]], [[2**32]]):
             with self.assertRaisesRegex(
-                tf.errors.InvalidArgumentError, r"\[0, input_dim=12\)"
+                tf.errors.InvalidArgumentError,
+                r"MixedPrecisionEmbedding .*: .*\[0, input_dim=12\)",
             ):
-                layer(np.array(bad))
+                layer(np.array(bad, np.int64))
 
     def test_ids_out_of_range_in_fit(self):
         layer = make_layer()

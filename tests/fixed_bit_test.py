@@ -105,6 +105,17 @@ class FixedBitTest(tf.test.TestCase):
         ids = np.random.default_rng(3).integers(0, rows, (64, 26))
         self.assertAllEqual(layer(ids), fixed(ids))
 
+    def test_ids_out_of_range_fail(self):
+        fixed = FixedBitEmbedding.from_searched(searched_layer())
+        lookup = tf.function(fixed)
+        for bad in ([[1000]], [[-1, 3]], [[2**32]], [[2**32 + 5]]):
+            for call in (fixed, lookup):
+                with self.assertRaisesRegex(
+                    tf.errors.InvalidArgumentError,
+                    r"FixedBitEmbedding .*: .*\[0, input_dim=1000\)",
+                ):
+                    call(tf.constant(bad, tf.int64))
+
     def test_bad_index(self):
         with self.assertRaisesRegex(ValueError, "index='rank'"):
             FixedBitEmbedding.from_searched(searched_layer(), index="rank")

@@ -101,7 +101,9 @@ class CountingTest(tf.test.TestCase):
     def test_counting_mode_records_ids_and_returns_zeros(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
         with layer.counting() as recorder:
-            self.assertAllEqual(np.zeros((2, 3, 2)), layer(np.array([[1, 2, 2]] * 2)))
+            self.assertAllEqual(
+                np.zeros((2, 3, 2)), layer(np.array([[1, 2, 2]] * 2))
+            )
             layer(np.array([9]))
             first, second = recorder.take()
             self.assertAllEqual([[1, 2, 2]] * 2, first)

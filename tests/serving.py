@@ -25,6 +25,13 @@ def meta_graph(path):
     return meta
 
 
+def _run(command):
+    """Runs `command`; a failure raises with what it printed."""
+    done = subprocess.run(command, env=QUIET, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr[-4000:]}")
+
+
 def predict_in_fresh_process(path, feeds, folder, output="outputs"):
     """`serving_default` run by a new process that cannot import keras_mpe."""
     inputs = os.path.join(folder, "fresh_inputs.npz")
@@ -39,7 +46,7 @@ def predict_in_fresh_process(path, feeds, folder, output="outputs"):
         "    **{k: tf.constant(v) for k, v in feeds.items()})\n"
         f"np.save({result!r}, outputs[{output!r}].numpy())\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, env=QUIET)
+    _run([sys.executable, "-c", script])
     return np.load(result)
 
 
@@ -52,7 +59,7 @@ def predict_with_cpp_loader(path, feeds, folder, output="outputs"):
         np.save(file, array)
         args.append(f"{signature.inputs[name].name}={file}")
     result = os.path.join(folder, "cc_outputs.npz")
-    subprocess.run(
+    _run(
         [
             sys.executable,
             os.path.join(HERE, "cpp_loader.py"),
@@ -60,9 +67,7 @@ def predict_with_cpp_loader(path, feeds, folder, output="outputs"):
             result,
             *args,
             f"fetch={signature.outputs[output].name}",
-        ],
-        check=True,
-        env=QUIET,
+        ]
     )
     return np.load(result)["arr_0"]
 
