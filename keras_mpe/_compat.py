@@ -71,6 +71,22 @@ def sublayers(model) -> list:
     return list(model._flatten_layers(include_self=False))
 
 
+NO_CALL_SPEC = (
+    "Keras 3 keeps the shapes of a subclassed model's first call, not "
+    "its dtypes"
+    if IS_KERAS_3
+    else "the model has not been called"
+)
+
+
+def first_call_spec(model):
+    """The `tf.TensorSpec`s of the inputs a subclassed model was first
+    called with (batch dimension None), or None where not recorded."""
+    if IS_KERAS_3:
+        return None
+    return model._get_save_spec(dynamic_batch=True)
+
+
 def replace_sublayer(parent, name, layer):
     """Sets `parent.<name> = layer` on a built layer, untracking the old."""
     tracker = getattr(parent, "_tracker", None)  # Keras 3 locks built layers

@@ -10,8 +10,10 @@ the tables as variables, never graph constants.
 """
 
 import os
+import shutil
 
 import tensorflow as tf
+from tensorflow.saved_model.experimental import TrackableResource
 
 from keras_mpe import _compat
 from keras_mpe.model_layers import find_layers
@@ -31,6 +33,75 @@ def input_signature(model) -> dict:
         name: tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
         for name, tensor in named.items()
     }
+
+
+def _graph_inputs(model):
+    """A functional model's inputs; None for a subclassed model."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):
+        return None
+
+
+def _positional_inputs(model):
+    """How `serve` turns the signature's dict into the model's inputs:
+    the dict itself, or a functional model's inputs in order."""
+    model_inputs = _graph_inputs(model)
+    if model_inputs is None or isinstance(model_inputs, dict):
+        return lambda features: features
+    names = list(input_signature(model))
+
+    def positional(features):
+        inputs = [features[name] for name in names]
+        return inputs[0] if len(inputs) == 1 else inputs
+
+    return positional
+
+
+def _inferred_signature(model):
+    """The signature of a functional model's inputs, or of the inputs a
+    subclassed model was first called with, and how to pass it on."""
+    if _graph_inputs(model) is not None:
+        signature = input_signature(model)
+        return signature, _positional_inputs(model)
+    spec = _compat.first_call_spec(model)
+    if spec is None:
+        raise ValueError(
+            f"export_saved_model: model '{model.name}' has no defined inputs "
+            "and no recorded call to take them from "
+            f"({_compat.NO_CALL_SPEC}): pass "
+            "signature={name: tf.TensorSpec}."
+        )
+    if isinstance(spec, dict):
+        signature = {
+            name: tf.TensorSpec(s.shape, s.dtype, name=name)
+            for name, s in spec.items()
+        }
+        return signature, lambda features: features
+    flat = tf.nest.flatten(spec)
+    names = [f"input_{i}" for i in range(len(flat))]
+    signature = {
+        name: tf.TensorSpec(s.shape, s.dtype, name=name)
+        for name, s in zip(names, flat, strict=True)
+    }
+
+    def packed(features):
+        return tf.nest.pack_sequence_as(spec, [features[n] for n in names])
+
+    return signature, packed
+
+
+def _resources(model) -> list:
+    """Every TensorFlow resource the model's layers hold besides
+    variables: the lookup tables of StringLookup, IntegerLookup and
+    TextVectorization layers (a SavedModel keeps only what it tracks)."""
+    found = []
+    for layer in [model, *_compat.sublayers(model)]:
+        for value in vars(layer).values():
+            is_resource = isinstance(value, TrackableResource)
+            if is_resource and not any(value is f for f in found):
+                found.append(value)
+    return found
 
 
 def export_saved_model(
@@ -54,12 +125,15 @@ def export_saved_model(
         model: A Keras model, usually the result of `keras_mpe.convert`.
         path: String. The version folder (`<base>/<model name>/<version>`).
         signature: Dict of name -> `tf.TensorSpec`, or None to take it from
-            a functional model's inputs. Required for subclassed models.
+            a functional model's inputs, or from the inputs of a
+            subclassed (TFRS) model's first call where the Keras in use
+            records them (tf_keras does; Keras 3 does not).
         jit_compile: Boolean. Compile the serving function with XLA (TF
             Serving's XLA on CPU is experimental; off by default).
         allow_fake_quant: Boolean. Export a model that still holds
             MixedPrecisionEmbedding layers (float tables, fake quantized).
-        overwrite: Boolean. Replace an existing, non-empty `path`.
+        overwrite: Boolean. Replace an existing, non-empty `path`: its
+            contents are deleted first.
 
     Returns:
         `path`.
@@ -78,28 +152,16 @@ def export_saved_model(
             f"export_saved_model: path={path!r} exists and is not empty. "
             "Pass overwrite=True to replace it."
         )
-    try:
-        model_inputs = model.input
-    except (AttributeError, ValueError):
-        model_inputs = None  # subclassed: called with the features dict
     if signature is None:
-        if model_inputs is None:
-            raise ValueError(
-                f"export_saved_model: model '{model.name}' has no defined "
-                "inputs (subclassed?): pass signature={name: tf.TensorSpec}."
-            )
-        signature = input_signature(model)
-    positional = None
-    if model_inputs is not None and not isinstance(model_inputs, dict):
-        positional = list(input_signature(model))
+        signature, to_model_inputs = _inferred_signature(model)
+    else:
+        to_model_inputs = _positional_inputs(model)
+    if os.path.exists(path) and overwrite:
+        shutil.rmtree(path)
 
     @tf.function(input_signature=[signature], jit_compile=jit_compile)
     def serve(features):
-        inputs = features
-        if positional is not None:
-            inputs = [features[name] for name in positional]
-            inputs = inputs[0] if len(inputs) == 1 else inputs
-        outputs = model(inputs, training=False)
+        outputs = model(to_model_inputs(features), training=False)
         if isinstance(outputs, dict):
             return outputs
         return {"outputs": outputs}
@@ -108,6 +170,7 @@ def export_saved_model(
     module.variables_to_serve = [
         _compat.tf_variable(weight) for weight in model.weights
     ]
+    module.resources_to_serve = _resources(model)
     module.serve = serve
     tf.saved_model.save(
         module,

@@ -24,6 +24,8 @@ _DTYPES = {
     np.dtype(np.int64): 9,
 }
 _NUMPY = {code: dtype for dtype, code in _DTYPES.items()}
+TF_STRING = 7
+TSTRING_BYTES = 24  # sizeof(TF_TString) on 64-bit platforms
 
 
 class _Output(ctypes.Structure):
@@ -49,7 +51,7 @@ def _library():
         ("TF_LoadSessionFromSavedModel", pointer),
         ("TF_GraphOperationByName", pointer),
         ("TF_AllocateTensor", pointer),
-        ("TF_TensorData", pointer),
+        ("TF_TensorData", ctypes.c_size_t),
         ("TF_TensorType", ctypes.c_int),
         ("TF_NumDims", ctypes.c_int),
         ("TF_Dim", ctypes.c_int64),
@@ -73,13 +75,30 @@ def _operation(lib, graph, tensor_name):
     return _Output(op, int(index))
 
 
+def _to_string_tensor(lib, array):
+    """A TF_STRING tensor of byte or unicode strings (TF_TString each)."""
+    dims = (ctypes.c_int64 * array.ndim)(*array.shape)
+    tensor = lib.TF_AllocateTensor(
+        TF_STRING, dims, array.ndim, ctypes.c_size_t(array.size * TSTRING_BYTES)
+    )
+    data = lib.TF_TensorData(ctypes.c_void_p(tensor))
+    for i, value in enumerate(array.ravel()):
+        raw = value.encode() if isinstance(value, str) else bytes(value)
+        element = ctypes.c_void_p(data + i * TSTRING_BYTES)
+        lib.TF_StringInit(element)
+        lib.TF_StringCopy(element, raw, ctypes.c_size_t(len(raw)))
+    return tensor
+
+
 def _to_tensor(lib, array):
+    if array.dtype.kind in "SUO":
+        return _to_string_tensor(lib, array)
     array = np.ascontiguousarray(array)
     dims = (ctypes.c_int64 * array.ndim)(*array.shape)
     tensor = lib.TF_AllocateTensor(
         _DTYPES[array.dtype], dims, array.ndim, ctypes.c_size_t(array.nbytes)
     )
-    data = lib.TF_TensorData(ctypes.c_void_p(tensor))
+    data = ctypes.c_void_p(lib.TF_TensorData(ctypes.c_void_p(tensor)))
     ctypes.memmove(data, array.ctypes.data, array.nbytes)
     return tensor
 
@@ -89,7 +108,7 @@ def _to_numpy(lib, tensor):
     dtype = _NUMPY[lib.TF_TensorType(tensor)]
     shape = [lib.TF_Dim(tensor, i) for i in range(lib.TF_NumDims(tensor))]
     size = lib.TF_TensorByteSize(tensor)
-    raw = ctypes.string_at(lib.TF_TensorData(tensor), size)
+    raw = ctypes.string_at(ctypes.c_void_p(lib.TF_TensorData(tensor)), size)
     return np.frombuffer(raw, dtype).reshape(shape).copy()
 
 
