@@ -71,6 +71,16 @@ def sublayers(model) -> list:
     return list(model._flatten_layers(include_self=False))
 
 
+def graph_input_ranks(model):
+    """The ranks of a functional model's inputs, batch included; None
+    for a subclassed model."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return [len(x.shape) for x in inputs] if inputs else None
+
+
 NO_CALL_SPEC = (
     "Keras 3 keeps the shapes of a subclassed model's first call, not "
     "its dtypes"

@@ -93,11 +93,7 @@ class MPECallback(keras.callbacks.Callback):
         verbose: int = 1,
     ):
         super().__init__()
-        if frequency_data is None:
-            raise ValueError(
-                "`frequency_data` must be a dataset of training batches. "
-                "Received: frequency_data=None"
-            )
+        frequency.check_frequency_data(frequency_data)
         if not isinstance(search_epochs, int) or search_epochs < 1:
             raise ValueError(
                 "`search_epochs` must be a positive integer. "

@@ -69,6 +69,7 @@ from keras_mpe.ids import checked_ids
 from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
+DEFAULT_GROUPS = 128
 
 
 class Phase(enum.IntEnum):
@@ -198,8 +199,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         output_dim: Integer. Width of each embedding row.
         bit_candidates: Sequence of distinct integers from 0 to 8. The
             precisions a group can take; 0 prunes the group's rows.
-        num_groups: Integer from 1 to `input_dim`. Number of frequency
-            groups, each with its own precision.
+        num_groups: Integer from 1 to `input_dim`, or None for
+            min(128, input_dim) (128 is the reference's). Number of
+            frequency groups, each with its own precision.
         temperature: Positive float. Softmax temperature tau of the
             precision logits. Adam moves the logits by about the learning
             rate per step, so the distribution sharpens about 1/tau times
@@ -231,7 +233,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         input_dim: int,
         output_dim: int,
         bit_candidates=(0, 1, 2, 3, 4, 5, 6),
-        num_groups: int = 128,
+        num_groups=None,
         temperature: float = 0.1,
         bit_penalty: float = 3e-4,
         embeddings_initializer="uniform",
@@ -240,6 +242,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         _validate_positive_int("input_dim", input_dim)
         _validate_positive_int("output_dim", output_dim)
+        if num_groups is None:
+            num_groups = min(DEFAULT_GROUPS, input_dim)
         _validate_positive_int("num_groups", num_groups, upper=input_dim)
         if not temperature > 0:
             raise ValueError(

@@ -124,6 +124,43 @@ def _forward(model, inputs):
         return model.compute_loss(inputs, training=False)
 
 
+def check_frequency_data(dataset):
+    """Raises a ValueError unless `dataset` can be iterated as batches."""
+    if isinstance(dataset, (np.ndarray, tf.Tensor, dict)) or not hasattr(
+        dataset, "__iter__"
+    ):
+        received = "None" if dataset is None else type(dataset).__name__
+        raise ValueError(
+            "`frequency_data` must be a dataset of training batches, as "
+            "given to `fit` (e.g. tf.data.Dataset.from_tensor_slices((x, y))"
+            f".batch(256)). Received: frequency_data={received}"
+        )
+
+
+def _check_batched(model, inputs):
+    """Raises unless `inputs` look like a batch for `model`: no scalar
+    feature, and the ranks of a functional model's inputs."""
+    ranks = sorted(len(x.shape) for x in tf.nest.flatten(inputs))
+    expected = _compat.graph_input_ranks(model)
+    if expected is not None and len(expected) == len(ranks):
+        wrong = ranks != sorted(expected)
+    else:
+        wrong, expected = False, "any"
+    if wrong or 0 in ranks:
+        raise ValueError(
+            "`frequency_data` must yield batches, as given to `fit` (is it "
+            f"batched?). Received elements of structure {_spec(inputs)}; "
+            f"the model's inputs have ranks {expected}"
+        )
+
+
+def _spec(inputs):
+    """Shapes and dtypes of a nested structure, for messages."""
+    return tf.nest.map_structure(
+        lambda x: f"{tf.as_dtype(x.dtype).name}{list(x.shape)}", inputs
+    )
+
+
 def count_ids(model, layers, dataset) -> list:
     """Counts how often each row of each layer is looked up over `dataset`.
 
@@ -136,6 +173,7 @@ def count_ids(model, layers, dataset) -> list:
     Returns:
         One int64 array `(layer.input_dim,)` of counts per layer.
     """
+    check_frequency_data(dataset)
     counts = [np.zeros(layer.input_dim, np.int64) for layer in layers]
     with contextlib.ExitStack() as stack:
         recorders = [stack.enter_context(layer.counting()) for layer in layers]
@@ -161,9 +199,21 @@ def count_ids(model, layers, dataset) -> list:
                 batch_counts.append((unique, count))
             return batch_counts
 
+        total_batches = 0
         for batch in dataset:
             inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
-            batch_counts = count_batch(inputs)
+            if total_batches == 0:
+                _check_batched(model, inputs)
+            total_batches += 1
+            try:
+                batch_counts = count_batch(inputs)
+            except (ValueError, TypeError, tf.errors.OpError) as error:
+                raise ValueError(
+                    "`frequency_data` must yield batches that the model "
+                    "accepts, as given to `fit` (is it batched?). The model "
+                    f"failed on an element of structure {_spec(inputs)}: "
+                    f"{error}"
+                ) from error
             for total, (unique, count) in zip(
                 counts, batch_counts, strict=True
             ):

@@ -254,6 +254,13 @@ class BadInputTest(tf.test.TestCase):
             with self.assertRaisesRegex(ValueError, message):
                 keras_mpe.MixedPrecisionEmbedding(**config)
 
+    def test_default_groups_fit_small_vocabularies(self):
+        for input_dim, groups in ((50, 50), (128, 128), (10_000, 128)):
+            layer = keras_mpe.MixedPrecisionEmbedding(input_dim, 2)
+            self.assertEqual(groups, layer.num_groups)
+        config = keras_mpe.MixedPrecisionEmbedding(50, 2).get_config()
+        self.assertEqual(50, config["num_groups"])
+
     def test_ids_out_of_range_eager(self):
         layer = make_layer()
         # 2^32 + 5 would read row 5 if the ids were cast before the check.

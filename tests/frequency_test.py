@@ -114,6 +114,20 @@ class CountingTest(tf.test.TestCase):
                     pass
         self.assertGreater(np.abs(layer(np.array([1]))).sum(), 0)
 
+    def test_frequency_data_must_be_batches(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
+        inputs = keras.Input((3,), dtype="int32")
+        model = keras.Model(inputs, keras.layers.Flatten()(layer(inputs)))
+        ids = np.array([[1, 2, 2], [9, 9, 9]], np.int32)
+        for bad in (ids, None, 3):
+            with self.assertRaisesRegex(ValueError, "frequency_data="):
+                frequency.count_ids(model, [layer], bad)
+        unbatched = tf.data.Dataset.from_tensor_slices(np.arange(4))
+        with self.assertRaisesRegex(
+            ValueError, r"`frequency_data` must yield batches.*int64\[\]"
+        ):
+            frequency.count_ids(model, [layer], unbatched)
+
     def test_counting_costs_no_training_state(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
         inputs = keras.Input((3,), dtype="int32")
