@@ -4,8 +4,9 @@ Epochs of one `fit` call, with W = `warmup_epochs`, S = `search_epochs`:
 
 | epochs     | what happens                                                |
 |------------|-------------------------------------------------------------|
-| train start| count id frequencies over `frequency_data`, group the rows, |
-|            | remember the table for the rewind                           |
+| train start| count id frequencies over `frequency_data`, group the rows  |
+| 0 (begin)  | a new search: remember the table for the rewind, forget any |
+|            | kept epoch, enter FLOAT                                     |
 | 0 .. W-1   | FLOAT warm-up: the table learns before precisions compete   |
 | W .. S-1   | SEARCH: step sizes set from the table's scale, then the     |
 |            | per-group bit distributions learn under the bit penalty     |
@@ -68,8 +69,12 @@ class MPECallback(keras.callbacks.Callback):
             default, which it replaces). None: the selection rule alone
             sets the size.
         monitor: String or None. A log key (e.g. "val_auc"); when given,
-            the weights of the best search epoch are restored before the
-            selection.
+            each table's precision distribution and quantizer (step sizes,
+            offset) are those of the best search epoch at selection (the
+            table is rewound anyway; the rest of the model goes on from
+            the last search epoch). They are kept as layer weights, so a
+            run resumed from a checkpoint (`BackupAndRestore`) selects the
+            same.
         mode: String. "min", "max" or "auto" (max for auc/accuracy keys).
         rewind_embeddings: Boolean. Reset the tables to their values at
             the start of training before retraining (reference).
@@ -135,8 +140,6 @@ class MPECallback(keras.callbacks.Callback):
         self.reset_optimizer = reset_optimizer
         self.verbose = verbose
         self.layers = []
-        self._best = None
-        self._best_weights = None
 
     # ----------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs=None):
@@ -162,6 +165,13 @@ class MPECallback(keras.callbacks.Callback):
             self._count_frequencies()
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:
+            # A fit from epoch 0 starts a new search (a resumed one starts
+            # later and keeps what its checkpoint restored).
+            for layer in self.layers:
+                layer.snapshot_embeddings()
+                layer.forget_search_state()
+                layer.set_phase(Phase.FLOAT)
         if epoch >= self.search_epochs:
             if any(layer.phase != Phase.FIXED for layer in self.layers):
                 self._select()
@@ -202,7 +212,6 @@ class MPECallback(keras.callbacks.Callback):
             )
         for layer, layer_counts in zip(self.layers, counts, strict=True):
             layer.set_frequencies(layer_counts)
-            layer.snapshot_embeddings()
             if self.verbose:
                 seen = int((layer_counts > 0).sum())
                 print(
@@ -218,18 +227,18 @@ class MPECallback(keras.callbacks.Callback):
                 f"MPECallback: `monitor={self.monitor!r}` is not in the logs; "
                 f"available: {sorted(logs)}"
             )
-        better = self._best is None or (
-            value > self._best if self.mode == "max" else value < self._best
+        best = self.layers[0].kept_score
+        better = best is None or (
+            value > best if self.mode == "max" else value < best
         )
         if better:
-            self._best = value
-            self._best_weights = self.model.get_weights()
+            for layer in self.layers:
+                layer.keep_search_state(value)
 
     def _select(self):
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-            self._best_weights = None
         for layer in self.layers:
+            if layer.kept_score is not None:
+                layer.restore_search_state()
             layer.select_bits(self.selection, self.seed, self.target_bits)
             if self.rewind_embeddings:
                 layer.rewind()

@@ -36,6 +36,11 @@ Variables:
 | group_weights      | (groups,)        | float32 | no      | c_g             |
 | chosen_bits        | (groups,)        | int32   | no      | b*_g            |
 | phase              | ()               | int32   | no      | FLOAT/SEARCH/.. |
+| kept_<name>        | as <name>        | float32 | no      | best epoch's    |
+|                    |                  |         |         | logits, steps,  |
+|                    |                  |         |         | offset          |
+| kept_score         | ()               | float64 | no      | its score (NaN: |
+|                    |                  |         |         | none kept)      |
 
 The step sizes and the offset are stored in units of `scale`, the table's
 mean |e| when the step sizes are initialised, and used as alpha_b =
@@ -335,6 +340,24 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             initializer="zeros",
             **state,
         )
+        # The search state of the best monitored epoch, in the layer so
+        # that checkpoints (BackupAndRestore) keep it.
+        self._kept = {
+            name: self.add_weight(
+                name=f"kept_{name}",
+                shape=variable.shape,
+                initializer="zeros",
+                **state,
+            )
+            for name, variable in self._search_state().items()
+        }
+        self._kept_score = self.add_weight(
+            name="kept_score",
+            shape=(),
+            dtype="float64",
+            initializer=keras.initializers.Constant(float("nan")),
+            **state,
+        )
         self.built = True
         # Eagerly even when the first call that builds the layer is traced.
         with tf.init_scope():
@@ -582,6 +605,49 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             yield self._recorder
         finally:
             self._recorder = None
+
+    # ------------------------------------------------- the best search epoch
+    def _search_state(self) -> dict:
+        """What the search learned: the precisions and the quantizer."""
+        return {
+            "precision_logits": self._precision_logits,
+            "step_sizes": self._step_sizes,
+            "offset": self._offset,
+        }
+
+    @property
+    @_built
+    def kept_score(self):
+        """The score given to `keep_search_state`, None if nothing kept."""
+        score = float(self._kept_score.numpy())
+        return None if np.isnan(score) else score
+
+    @_built
+    def keep_search_state(self, score: float):
+        """Keeps the precision logits, step sizes and offset with `score`
+        (the monitored metric of a search epoch), replacing what was kept.
+        They are layer weights, so a checkpoint of the model keeps them.
+        """
+        for name, variable in self._search_state().items():
+            self._kept[name].assign(variable)
+        self._kept_score.assign(float(score))
+
+    @_built
+    def restore_search_state(self):
+        """Sets the search state back to the one kept, then forgets it."""
+        if self.kept_score is None:
+            raise ValueError(
+                f"Layer '{self.name}' has no kept search state: call "
+                "`keep_search_state` first."
+            )
+        for name, variable in self._search_state().items():
+            variable.assign(self._kept[name])
+        self.forget_search_state()
+
+    @_built
+    def forget_search_state(self):
+        """Drops the kept search state (a new search starts)."""
+        self._kept_score.assign(float("nan"))
 
     # ------------------------------------------------------------ the phases
     @property
