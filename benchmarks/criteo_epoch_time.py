@@ -23,14 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
+import workload  # noqa: E402
 
 import keras_mpe  # noqa: E402
-from keras_mpe import _compat  # noqa: E402
 from keras_mpe import datasets  # noqa: E402
 from keras_mpe import frequency  # noqa: E402
-from keras_mpe.embedding import Phase  # noqa: E402
 
-keras = _compat.keras
+keras = tf.keras
 DEFAULT_PATH = (
     pathlib.Path(__file__).resolve().parents[2]
     / "shared"
@@ -41,15 +40,20 @@ DEFAULT_PATH = (
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--criteo", default=str(DEFAULT_PATH))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--criteo", default=str(DEFAULT_PATH), help="a Criteo TSV sample"
+    )
     parser.add_argument(
         "--epochs",
         type=int,
         default=5,
         help="timed epochs per variant (median reported)",
     )
-    parser.add_argument("--jit", action="store_true")
+    parser.add_argument("--jit", action="store_true", help="compile with XLA")
     return parser.parse_args()
 
 
@@ -75,7 +79,7 @@ def main():
     ids, labels = data["train"]
     train = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(250)
     vocabulary, fields = data["vocabulary_size"], ids.shape[1]
-    mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
+    mode = workload.KERAS
     print(
         f"{mode}, jit_compile={args.jit}: {len(ids)} rows, {fields} fields,"
         f" vocabulary {vocabulary}, batch 250, median of {args.epochs}"
@@ -86,13 +90,13 @@ def main():
     model = dnn(layer, fields, args.jit)
     (counts,) = frequency.count_ids(model, [layer], train)
     layer.set_frequencies(counts)
-    layer.set_phase(Phase.SEARCH)
+    layer.set_phase(keras_mpe.Phase.SEARCH)
     # A learned-like mix for retraining: bits rise with frequency.
     ranks = np.arange(layer.num_groups) / (layer.num_groups - 1)
     chosen = np.round(ranks * max(layer.bit_candidates)).astype(int)
     variants = [
         ("fp32", baseline, lambda: None),
-        ("search", model, lambda: layer.set_phase(Phase.SEARCH)),
+        ("search", model, lambda: layer.set_phase(keras_mpe.Phase.SEARCH)),
         ("retrain", model, lambda: layer.set_bits(chosen)),
     ]
     steps = len(train)

@@ -33,19 +33,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
+import workload  # noqa: E402
 
 import keras_mpe  # noqa: E402
-from keras_mpe import _compat  # noqa: E402
-
-keras = _compat.keras
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--convert-rows", type=int, default=0)
+    parser = workload.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=50, help="calls of each, in turns"
+    )
+    parser.add_argument(
+        "--convert-rows", type=int, default=0, help="rows to time converting"
+    )
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -66,23 +66,6 @@ def searched_layer(rows, dim):
     bits = np.round(ranks**2 * 6).astype(int)  # most groups at low bits
     layer.set_bits(bits)
     return layer
-
-
-def zipf_ids(rows, shape):
-    rng = np.random.default_rng(0)
-    top = (rows + 1.0) ** -0.1
-    ranks = (1.0 + rng.random(shape) * (top - 1.0)) ** (1.0 / -0.1)
-    return tf.constant(
-        np.minimum(ranks.astype(np.int64) - 1, rows - 1), tf.int32
-    )
-
-
-def mlp(embedding, shape=(26,), dtype="int32"):
-    inputs = keras.Input(shape, dtype=dtype)
-    x = keras.layers.Flatten()(embedding(inputs))
-    x = keras.layers.Dense(256, activation="relu")(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
 
 
 def _rss_bytes():
@@ -140,7 +123,7 @@ def breakdown(fixed, float_table, ids, repeats):
             distinct, positions = tf.unique(tf.reshape(x, [-1]))
             values = distinct
             if depth >= 2:
-                classes, slots = fixed._locate_by_segments(distinct)
+                classes, slots = fixed.locate(distinct)
                 values = slots + classes
             rows = tf.tile(values[:, None], [1, dim])
             if depth >= 3:
@@ -169,10 +152,10 @@ def breakdown(fixed, float_table, ids, repeats):
     )
     for name, median, ratio in zip(stages, medians, ratios, strict=True):
         print(f"  xla=False {name:40s} {1e3 * median:6.2f} ms {ratio:5.2f}x")
-    head = mlp(keras.layers.Identity(), (26, dim), "float32")
+    head = workload.mlp(tf.keras.layers.Identity(), (26, dim), "float32")
     parts = {
-        "float model": mlp(float_table),
-        "packed model": mlp(fixed),
+        "float model": workload.mlp(float_table),
+        "packed model": workload.mlp(fixed),
         "float lookup": float_table,
         "packed lookup": fixed,
     }
@@ -194,24 +177,25 @@ def main():
     if args.convert_only:
         convert_only(args.convert_only, args.dim)
         return
-    mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
     layer = searched_layer(args.rows, args.dim)
     fixed = keras_mpe.FixedBitEmbedding.from_searched(layer)
-    report = keras_mpe.compression_report(mlp(fixed))
+    report = keras_mpe.compression_report(workload.mlp(fixed))
     print(
-        f"{mode}: {args.rows} x {args.dim}, 4096 x 26 ids, "
+        f"{workload.KERAS}: {args.rows} x {args.dim}, 4096 x 26 ids, "
         f"{layer.average_bits():.2f} bits, medians of {args.repeats}"
     )
     print(report)
-    ids = zipf_ids(args.rows, (4096, 26))
-    float_table = keras.layers.Embedding(args.rows, args.dim)
+    ids = tf.constant(
+        workload.zipf_ids(args.rows, (4096, 26), np.random.default_rng(0))
+    )
+    float_table = tf.keras.layers.Embedding(args.rows, args.dim)
     for jit in (False, True):
         plain = tf.function(float_table, jit_compile=jit)
         packed = tf.function(fixed, jit_compile=jit)
         _report(f"lookup  xla={jit!s:5s}", plain, packed, ids, args.repeats)
     for jit in (False, True):
-        float_model = tf.function(mlp(float_table), jit_compile=jit)
-        packed_model = tf.function(mlp(fixed), jit_compile=jit)
+        float_model = tf.function(workload.mlp(float_table), jit_compile=jit)
+        packed_model = tf.function(workload.mlp(fixed), jit_compile=jit)
         _report(
             f"predict xla={jit!s:5s}", float_model, packed_model, ids,
             args.repeats,

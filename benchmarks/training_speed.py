@@ -14,7 +14,6 @@ Targets (Core issue): search / Embedding <= 1.5x, fixed (retrain) /
 Embedding <= 1.15x without XLA; counting / predict <= 1.3x.
 """
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,25 +21,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
+import workload  # noqa: E402
 
 import keras_mpe  # noqa: E402
-from keras_mpe import _compat  # noqa: E402
 from keras_mpe import frequency  # noqa: E402
-from keras_mpe.embedding import Phase  # noqa: E402
 
-keras = _compat.keras
+keras = tf.keras
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--fields", type=int, default=26)
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--jit", action="store_true")
+    parser = workload.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--fields", type=int, default=26, help="ids per row")
+    parser.add_argument("--batch-size", type=int, default=4096, help="examples")
+    parser.add_argument(
+        "--batches", type=int, default=8, help="distinct batches"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="per turn")
+    parser.add_argument("--repeats", type=int, default=5, help="turns")
+    parser.add_argument("--jit", action="store_true", help="compile with XLA")
     return parser.parse_args()
 
 
@@ -48,20 +46,14 @@ def zipf_batches(args):
     """Distinct batches of Zipf(1.1) global ids and random labels."""
     rng = np.random.default_rng(0)
     shape = (args.batches * args.batch_size, args.fields)
-    top = (args.rows + 1.0) ** -0.1
-    ranks = (1.0 + rng.random(shape) * (top - 1.0)) ** (1.0 / -0.1)
-    ids = np.minimum(ranks.astype(np.int64) - 1, args.rows - 1)
+    ids = workload.zipf_ids(args.rows, shape, rng)
     labels = rng.integers(0, 2, (shape[0], 1)).astype(np.float32)
-    data = tf.data.Dataset.from_tensor_slices((ids.astype(np.int32), labels))
+    data = tf.data.Dataset.from_tensor_slices((ids, labels))
     return data.batch(args.batch_size).cache()
 
 
 def build(embedding, args):
-    inputs = keras.Input((args.fields,), dtype="int32")
-    x = keras.layers.Flatten()(embedding(inputs))
-    x = keras.layers.Dense(256, activation="relu")(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    model = keras.Model(inputs, keras.layers.Dense(1, "sigmoid")(x))
+    model = workload.mlp(embedding, (args.fields,))
     model.compile(
         keras.optimizers.Adam(1e-3), "binary_crossentropy", jit_compile=args.jit
     )
@@ -71,11 +63,10 @@ def build(embedding, args):
 def main():
     args = parse_args()
     data = zipf_batches(args)
-    mode = "Keras 3" if _compat.IS_KERAS_3 else "tf_keras"
     print(
-        f"{mode}, jit_compile={args.jit}: {args.rows} x {args.dim} table, "
-        f"{args.fields} fields, batch {args.batch_size}, medians of "
-        f"{args.repeats} x {args.steps} steps"
+        f"{workload.KERAS}, jit_compile={args.jit}: {args.rows} x "
+        f"{args.dim} table, {args.fields} fields, batch {args.batch_size}, "
+        f"medians of {args.repeats} x {args.steps} steps"
     )
 
     baseline = build(keras.layers.Embedding(args.rows, args.dim), args)
@@ -87,7 +78,7 @@ def main():
     ranks = np.arange(layer.num_groups) / (layer.num_groups - 1)
     layer.set_bits(np.round(ranks * max(layer.bit_candidates)).astype(int))
     variants = [("Embedding", baseline, lambda: None)]
-    for phase in Phase:
+    for phase in keras_mpe.Phase:
         variants.append(
             (
                 f"MPE {phase.name} phase",

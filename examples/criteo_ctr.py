@@ -27,10 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 import keras_mpe  # noqa: E402
-from keras_mpe import _compat  # noqa: E402
 from keras_mpe import datasets  # noqa: E402
 
-keras = _compat.keras
+keras = tf.keras  # Keras 3, or tf_keras with TF_USE_LEGACY_KERAS=1
 
 
 def parse_args():

@@ -25,10 +25,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 import keras_mpe  # noqa: E402
-from keras_mpe import _compat  # noqa: E402
 from keras_mpe import datasets  # noqa: E402
 
-keras = _compat.keras
+keras = tf.keras  # tf_keras: TFRS refuses Keras 3 when imported
 DEFAULT_DATA = (
     pathlib.Path(__file__).resolve().parents[2]
     / "shared/data/movielens/ml-100k"
@@ -57,19 +56,26 @@ def parse_args():
 
 
 class RankingModel(tfrs.models.Model):
-    """Rating = MLP(concat(user embedding, movie embedding))."""
+    """Rating = MLP(concat(user embedding, movie embedding)).
 
-    def __init__(self, make_embedding, vocabulary_sizes):
+    Args:
+        make_embedding: Callable taking a vocabulary size and returning
+            the embedding layer of that feature.
+        vocabulary_sizes: Dict of `{"user_id": users, "movie_id": movies}`.
+        hidden_units: Sequence of integers. The MLP's ReLU layers before
+            the one linear output.
+    """
+
+    def __init__(
+        self, make_embedding, vocabulary_sizes, hidden_units=(256, 64)
+    ):
         super().__init__()
         self.user_embedding = make_embedding(vocabulary_sizes["user_id"])
         self.movie_embedding = make_embedding(vocabulary_sizes["movie_id"])
-        self.ratings = keras.Sequential(
-            [
-                keras.layers.Dense(256, activation="relu"),
-                keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(1),
-            ]
-        )
+        hidden = [
+            keras.layers.Dense(u, activation="relu") for u in hidden_units
+        ]
+        self.ratings = keras.Sequential([*hidden, keras.layers.Dense(1)])
         self.task = tfrs.tasks.Ranking(
             loss=keras.losses.MeanSquaredError(),
             metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
@@ -127,8 +133,6 @@ def train(model, data, args, epochs, callbacks=()):
 
 def main():
     args = parse_args()
-    if _compat.IS_KERAS_3:
-        raise SystemExit("TFRS needs TF_USE_LEGACY_KERAS=1 (tf_keras).")
     data, sizes = load(args)
     print(f"vocabulary sizes: {sizes}, embedding dim {args.dim}")
 
