@@ -18,6 +18,13 @@ def register_serializable(cls):
     return keras.utils.register_keras_serializable(package="keras_mpe")(cls)
 
 
+# `add_weight` arguments for a variable that is never cast when read (Keras
+# autocasts float variables to a mixed policy's compute dtype otherwise).
+NO_AUTOCAST = (
+    {"autocast": False} if IS_KERAS_3 else {"experimental_autocast": False}
+)
+
+
 def only_first_replica():
     """The aggregation for state assigned outside the train step."""
     if IS_KERAS_3:
@@ -48,6 +55,20 @@ def gather_rows(weight, indices):
 def optimizer_variables(optimizer):
     """The optimizer's state variables (a list in Keras 3, callable in 2)."""
     return list(optimizer.variables)
+
+
+def optimizer_settings(optimizer) -> list:
+    """The optimizer variables that are settings, not training state: the
+    learning rates (a loss-scale optimizer's and its inner optimizer's)
+    and a loss-scale optimizer's dynamic scale and its step counter."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    candidates = [
+        getattr(optimizer, "_learning_rate", None),
+        getattr(inner, "_learning_rate", None),
+        getattr(optimizer, "dynamic_scale", None),
+        getattr(optimizer, "step_counter", None),
+    ]
+    return [c for c in candidates if c is not None]
 
 
 def read(weight):

@@ -255,8 +255,10 @@ class MPECallback(keras.callbacks.Callback):
 
 
 def _reset_optimizer(optimizer):
-    """Zeros every optimizer variable except the learning rate."""
-    learning_rate = getattr(optimizer, "_learning_rate", None)
+    """Zeros the optimizer's training state (moments, step counts), as a
+    fresh optimizer has it, keeping its settings: learning rates and any
+    loss scale (zeroed, mixed precision training turns to NaN)."""
+    settings = _compat.optimizer_settings(optimizer)
     for variable in _compat.optimizer_variables(optimizer):
-        if variable is not learning_rate:
+        if not any(variable is setting for setting in settings):
             variable.assign(tf.zeros(variable.shape, variable.dtype))

@@ -279,61 +279,62 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             return
         rows, dim = self.input_dim, self.output_dim
         groups, k = self.num_groups, len(self.bit_candidates)
+        # Variables are read in float32 under a mixed precision policy too
+        # (the layer casts only its output, as Keras' Embedding does).
+        weight = functools.partial(self.add_weight, **_compat.NO_AUTOCAST)
         state = {
             "trainable": False,
             "aggregation": _compat.only_first_replica(),
         }
-        self._embeddings = self.add_weight(
+        self._embeddings = weight(
             name="embeddings",
             shape=(rows, dim),
             initializer=self.embeddings_initializer,
         )
-        self._initial_embeddings = self.add_weight(
+        self._initial_embeddings = weight(
             name="initial_embeddings",
             shape=(rows, dim),
             initializer="zeros",
             **state,
         )
         self._initial_embeddings.assign(self._embeddings)
-        self._step_sizes = self.add_weight(
+        self._step_sizes = weight(
             name="step_sizes",
             shape=(len(self.quantized_bits),),
             initializer="ones",
         )
-        self._offset = self.add_weight(
-            name="offset", shape=(dim,), initializer="zeros"
-        )
-        self._quantizer_scale = self.add_weight(
+        self._offset = weight(name="offset", shape=(dim,), initializer="zeros")
+        self._quantizer_scale = weight(
             name="quantizer_scale", shape=(), initializer="ones", **state
         )
-        self._precision_logits = self.add_weight(
+        self._precision_logits = weight(
             name="precision_logits", shape=(groups, k), initializer="zeros"
         )
-        self._counts = self.add_weight(
+        self._counts = weight(
             name="counts",
             shape=(rows,),
             dtype="int64",
             initializer="zeros",
             **state,
         )
-        self._group_ids = self.add_weight(
+        self._group_ids = weight(
             name="group_ids",
             shape=(rows,),
             dtype="int32",
             initializer="zeros",
             **state,
         )
-        self._group_weights = self.add_weight(
+        self._group_weights = weight(
             name="group_weights", shape=(groups,), initializer="ones", **state
         )
-        self._chosen_bits = self.add_weight(
+        self._chosen_bits = weight(
             name="chosen_bits",
             shape=(groups,),
             dtype="int32",
             initializer="zeros",
             **state,
         )
-        self._phase = self.add_weight(
+        self._phase = weight(
             name="phase",
             shape=(),
             dtype="int32",
@@ -343,7 +344,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         # The search state of the best monitored epoch, in the layer so
         # that checkpoints (BackupAndRestore) keep it.
         self._kept = {
-            name: self.add_weight(
+            name: weight(
                 name=f"kept_{name}",
                 shape=variable.shape,
                 initializer="zeros",
@@ -351,7 +352,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             )
             for name, variable in self._search_state().items()
         }
-        self._kept_score = self.add_weight(
+        self._kept_score = weight(
             name="kept_score",
             shape=(),
             dtype="float64",

@@ -161,6 +161,7 @@ class FixedBitEmbedding(keras.layers.Layer):
 
         def state(name, shape, dtype="float32"):
             return self.add_weight(
+                **_compat.NO_AUTOCAST,  # float32 under mixed precision
                 name=name,
                 shape=shape,
                 dtype=dtype,
