@@ -97,7 +97,7 @@ def main():
     variants = [
         ("fp32", baseline, lambda: None),
         ("search", model, lambda: layer.set_phase(keras_mpe.Phase.SEARCH)),
-        ("retrain", model, lambda: layer.set_bits(chosen)),
+        ("retrain", model, lambda: layer.fix_bits(chosen)),
     ]
     steps = len(train)
     seconds = timing.time_steps(variants, train, steps, args.epochs)

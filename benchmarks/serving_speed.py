@@ -64,7 +64,7 @@ def searched_layer(rows, dim):
     layer.set_frequencies(np.arange(rows, 0, -1))
     ranks = np.arange(layer.num_groups) / (layer.num_groups - 1)
     bits = np.round(ranks**2 * 6).astype(int)  # most groups at low bits
-    layer.set_bits(bits)
+    layer.fix_bits(bits)
     return layer
 
 

@@ -76,7 +76,7 @@ def main():
     layer.set_frequencies(counts)
     # A learned-like mix: bits rise with frequency, rarest groups pruned.
     ranks = np.arange(layer.num_groups) / (layer.num_groups - 1)
-    layer.set_bits(np.round(ranks * max(layer.bit_candidates)).astype(int))
+    layer.fix_bits(np.round(ranks * max(layer.bit_candidates)).astype(int))
     variants = [("Embedding", baseline, lambda: None)]
     for phase in keras_mpe.Phase:
         variants.append(

@@ -225,7 +225,7 @@ def main():
         f"\nsearch outcome: {layer.average_bits():.3f} bits per element; "
         "bits per frequency group (rarest first):"
     )
-    print(layer.bits_per_group()["bits"].tolist())
+    print(layer.bits_per_group().tolist())
 
     print("\n== convert, report, export ==")
     serving_model = keras_mpe.convert(model)

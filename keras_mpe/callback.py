@@ -239,14 +239,16 @@ class MPECallback(keras.callbacks.Callback):
         for layer in self.layers:
             if layer.kept_score is not None:
                 layer.restore_search_state()
-            layer.select_bits(self.selection, self.seed, self.target_bits)
+            layer.fix_bits(
+                layer.select_bits(self.selection, self.seed, self.target_bits)
+            )
             if self.rewind_embeddings:
                 layer.rewind()
             if self.verbose:
                 bits = layer.average_bits()
                 print(
                     f"MPECallback: {layer.name}: chosen bits per group "
-                    f"(rarest first) {layer.bits_per_group()['bits'].tolist()}"
+                    f"(rarest first) {layer.bits_per_group().tolist()}"
                     f"; {bits:.3f} bits per element, "
                     f"{32 / bits if bits else float('inf'):.1f}x compression"
                 )

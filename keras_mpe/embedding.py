@@ -60,6 +60,7 @@ warm-up).
 """
 
 import contextlib
+import dataclasses
 import enum
 import functools
 
@@ -75,6 +76,28 @@ from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
 DEFAULT_GROUPS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSummary:
+    """What a MixedPrecisionEmbedding holds per frequency group, group 0
+    the rarest; every field is an array of length `num_groups`.
+
+    Attributes:
+        bits: int32. The chosen bit-widths (meaningful in FIXED).
+        expected_bits: float64. Bits expected under the current
+            distribution over `bit_candidates`.
+        rows: int64. Rows (ids) in the group.
+        count: int64. Lookups of the group's ids counted over the
+            frequency data (C_g).
+        weight: float32. The group's weight c_g in the bit penalty.
+    """
+
+    bits: np.ndarray
+    expected_bits: np.ndarray
+    rows: np.ndarray
+    count: np.ndarray
+    weight: np.ndarray
 
 
 class Phase(enum.IntEnum):
@@ -727,7 +750,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     def select_bits(
         self, rule: str = "threshold", seed=None, target_bits=None
     ) -> np.ndarray:
-        """Chooses each group's bits (see `selection.py`), enters FIXED.
+        """Chooses each group's bits (see `selection.py`) from the learned
+        distributions; `fix_bits(select_bits(...))` applies the choice.
 
         Args:
             rule: String. "threshold" (reference), "argmax" or "sample".
@@ -754,14 +778,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 self.group_sizes(),
                 target_bits,
             )
-        self.set_bits(chosen)
         return chosen
 
     @_built
-    def set_bits(self, bits):
-        """Fixes each group's bit-width (group 0 the rarest), enters FIXED.
+    def fix_bits(self, bits):
+        """Fixes each group's bit-width (group 0 the rarest): FIXED phase.
 
-        For precisions chosen without a search, e.g. by frequency rank.
+        With `select_bits`'s choice after a search, or with precisions
+        chosen another way (e.g. by frequency rank).
 
         Args:
             bits: `num_groups` integers, each one of `bit_candidates`.
@@ -787,28 +811,27 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         ).astype(np.int64)
 
     @_built
-    def bits_per_group(self) -> dict:
-        """Per frequency group: chosen bits, rows, id occurrences, weight.
+    def bits_per_group(self) -> np.ndarray:
+        """The chosen bits of each group (group 0 the rarest), int32
+        `(num_groups,)`; meaningful in the FIXED phase."""
+        return self._chosen_bits.numpy()
 
-        Returns:
-            A dict of arrays of length `num_groups`, group 0 the rarest:
-            "bits" (chosen; meaningful once in the FIXED phase),
-            "expected_bits" (under the current distribution), "rows",
-            "count" (occurrences counted) and "weight" (c_g).
-        """
+    @_built
+    def group_summary(self) -> "GroupSummary":
+        """Per frequency group: bits, expected bits, rows, lookups, weight."""
         counts = np.bincount(
             self._group_ids.numpy(),
             weights=self._counts.numpy(),
             minlength=self.num_groups,
         )
         bits = np.asarray(self.bit_candidates, np.float64)
-        return {
-            "bits": self._chosen_bits.numpy(),
-            "expected_bits": self.precision_probabilities() @ bits,
-            "rows": self.group_sizes(),
-            "count": counts.astype(np.int64),
-            "weight": self._group_weights.numpy(),
-        }
+        return GroupSummary(
+            bits=self.bits_per_group(),
+            expected_bits=self.precision_probabilities() @ bits,
+            rows=self.group_sizes(),
+            count=counts.astype(np.int64),
+            weight=self._group_weights.numpy(),
+        )
 
     @_built
     def average_bits(self) -> float:
@@ -820,9 +843,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         phase = self.phase
         if phase == Phase.FLOAT:
             return 32.0
-        groups = self.bits_per_group()
-        bits = groups["bits" if phase == Phase.FIXED else "expected_bits"]
-        return float(np.dot(bits, groups["rows"]) / self.input_dim)
+        groups = self.group_summary()
+        bits = groups.bits if phase == Phase.FIXED else groups.expected_bits
+        return float(np.dot(bits, groups.rows) / self.input_dim)
 
     def get_config(self):
         config = super().get_config()

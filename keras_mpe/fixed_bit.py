@@ -273,14 +273,17 @@ class FixedBitEmbedding(keras.layers.Layer):
             )
         plan = storage.plan_storage(layer.row_bits())
         chosen_index = row_index.choose_index(plan, index)
-        summary = layer.bits_per_group()
+        summary = layer.group_summary()
         fixed = cls(
             layer.input_dim,
             layer.output_dim,
             plan.class_rows,
             index=chosen_index.kind,
             **chosen_index.layer_config(),
-            groups={k: summary[k].tolist() for k in ("bits", "rows", "count")},
+            groups={
+                k: getattr(summary, k).tolist()
+                for k in ("bits", "rows", "count")
+            },
             layout=layout,
             name=layer.name,
         )

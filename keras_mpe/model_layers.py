@@ -17,7 +17,7 @@ def find_layers(model, layer_type=MixedPrecisionEmbedding) -> list:
 
     ```python
     for layer in keras_mpe.find_layers(model):
-        print(layer.name, layer.bits_per_group()["bits"])
+        print(layer.name, layer.bits_per_group())
     ```
 
     Args:

@@ -76,7 +76,7 @@ class PhaseOutputTest(tf.test.TestCase):
         cost = (probs @ np.array(CANDIDATES) / [1, 4, 7, 10]).sum()
         self.assertAllClose(0.01 * cost, tf.add_n(layer.losses))
         self.assertAllClose(
-            probs @ CANDIDATES, layer.bits_per_group()["expected_bits"]
+            probs @ CANDIDATES, layer.group_summary().expected_bits
         )
 
     def test_fixed_phase_uses_the_chosen_bits(self):
@@ -96,7 +96,7 @@ class PhaseOutputTest(tf.test.TestCase):
         self.assertAllClose(0.0, tf.add_n(layer.losses))
         self.assertAllClose((0 + 1 + 4 + 2) / 4, layer.average_bits())
 
-    def test_select_bits_enters_fixed_phase(self):
+    def test_select_bits_then_fix_bits(self):
         layer = make_layer()
         layer._precision_logits.assign(
             np.log(
@@ -112,13 +112,18 @@ class PhaseOutputTest(tf.test.TestCase):
             )
         )
         layer.temperature = 1.0
-        self.assertAllEqual([0, 1, 4, 4], layer.select_bits())
+        chosen = layer.select_bits()
+        self.assertAllEqual([0, 1, 4, 4], chosen)
+        self.assertEqual(Phase.FLOAT, layer.phase)  # a choice, not applied
+        layer.fix_bits(chosen)
         self.assertEqual(Phase.FIXED, layer.phase)
+        self.assertAllEqual(chosen, layer.bits_per_group())
         # A budget of 1.4 bits per element. P(bits >= 1, 2, 4) per group:
         # (0.1, 0.05, 0.02), (0.9, 0.1, 0), (1, 0.9, 0.4), (1, 1, 1).
         # Level 0.4 gives [0, 1, 4, 4] (2.25), 0.9 [0, 1, 2, 4] (1.75);
         # above both 0.9s (in either order: 1.5 each) [0, 0, 1, 4] fits.
-        self.assertAllEqual([0, 0, 1, 4], layer.select_bits(target_bits=1.4))
+        layer.fix_bits(layer.select_bits(target_bits=1.4))
+        self.assertAllEqual([0, 0, 1, 4], layer.bits_per_group())
         self.assertAllClose(1.25, layer.average_bits())
         with self.assertRaisesRegex(ValueError, "rule='argmax', target_bits"):
             layer.select_bits("argmax", target_bits=1.5)
@@ -288,13 +293,13 @@ class BadInputTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, r"`offset` .*\(3,\).*\(4,\)"):
             layer.set_quantizer_parameters([0.1] * 3, [0.0] * 4)
 
-    def test_set_bits(self):
+    def test_fix_bits(self):
         layer = make_layer()
         with self.assertRaisesRegex(ValueError, r"4 values from .*\[0 3 1 2\]"):
-            layer.set_bits([0, 3, 1, 2])
+            layer.fix_bits([0, 3, 1, 2])
         with self.assertRaisesRegex(ValueError, "4 values"):
-            layer.set_bits([0, 1])
-        layer.set_bits([0, 4, 1, 2])
+            layer.fix_bits([0, 1])
+        layer.fix_bits([0, 4, 1, 2])
         self.assertEqual(Phase.FIXED, layer.phase)
         self.assertAllClose((0 + 4 + 1 + 2) / 4, layer.average_bits())
 

@@ -25,7 +25,7 @@ def searched_layer(permute=False):
         rng.uniform(0.005, 0.05, 8) * np.tile([1, -1], 4),
         rng.normal(size=16) * 0.01,
     )
-    layer.set_bits(BITS)
+    layer.fix_bits(BITS)
     return layer
 
 
@@ -52,7 +52,7 @@ class FixedBitTest(tf.test.TestCase):
         layer = keras_mpe.MixedPrecisionEmbedding(counts.size, 8, num_groups=16)
         layer.set_frequencies(counts)
         runs = [0, 1, 2, 4, 6, 3, 5, 6]  # bits by group, rarest first
-        layer.set_bits(np.repeat(runs, 2))
+        layer.fix_bits(np.repeat(runs, 2))
         fixed = FixedBitEmbedding.from_searched(layer)
         self.assertEqual("segments", fixed.index)
         # At most one segment per run of equal bits and field.
@@ -93,7 +93,7 @@ class FixedBitTest(tf.test.TestCase):
         layer = keras_mpe.MixedPrecisionEmbedding(rows, 16, num_groups=classes)
         counts = np.random.default_rng(2).permutation(rows)
         layer.set_frequencies(counts)
-        layer.set_bits(np.arange(classes))
+        layer.fix_bits(np.arange(classes))
         fixed = FixedBitEmbedding.from_searched(layer)
         self.assertEqual("ranks", fixed.index)
         stored = sum(w.numpy().nbytes for w in fixed.weights)

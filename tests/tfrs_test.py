@@ -101,8 +101,8 @@ def test_default_settings_stay_close_to_float():
     assert penalty[0] == 0 and min(penalty[1:4]) > 0
     assert max(penalty[4:]) == 0
     for layer in (model.user_embedding, model.movie_embedding):
-        groups = layer.bits_per_group()
-        assert groups["bits"][:8].mean() + 1.0 < groups["bits"][-8:].mean()
+        bits = layer.bits_per_group()
+        assert bits[:8].mean() + 1.0 < bits[-8:].mean()
 
 
 @pytest.mark.slow

@@ -75,15 +75,15 @@ def served(method, model, data, seconds, extra=None) -> dict:
     serving_model = keras_mpe.convert(model)
     (table,) = keras_mpe.compression_report(serving_model).layers
     (layer,) = keras_mpe.find_layers(model)
-    groups = layer.bits_per_group()
+    groups = layer.group_summary()
     row = result(
         method, serving_model, data, seconds, table.rows, table.dim,
         payload_bits=table.payload_bits, real_bytes=table.real_bytes,
     )  # fmt: skip
     row["average_bits"] = layer.average_bits()
-    row["group_bits"] = groups["bits"].tolist()
+    row["group_bits"] = groups.bits.tolist()
     row["group_frequency"] = (
-        groups["count"] / np.maximum(groups["rows"], 1)
+        groups.count / np.maximum(groups.rows, 1)
     ).tolist()
     row.update(extra or {})
     return row

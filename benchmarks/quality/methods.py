@@ -121,7 +121,7 @@ class QuantizeAfterWarmup(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.warmup:
             self.layer.initialize_step_sizes()
-            self.layer.set_bits(self.bits)
+            self.layer.fix_bits(self.bits)
 
 
 def run_fixed(method, bits_for, data, args, candidates):
@@ -187,10 +187,10 @@ def run_heuristic(budget, data, args):
     bits per element (method `heuristic`)."""
 
     def heuristic_bits(layer):
-        groups = layer.bits_per_group()
-        group_frequency = groups["count"] / np.maximum(groups["rows"], 1)
+        groups = layer.group_summary()
+        group_frequency = groups.count / np.maximum(groups.rows, 1)
         return bits_by_frequency(
-            group_frequency, groups["rows"], CANDIDATES, budget
+            group_frequency, groups.rows, CANDIDATES, budget
         )
 
     return run_fixed("heuristic", heuristic_bits, data, args, CANDIDATES)
