@@ -44,6 +44,41 @@ class ScoreByEpoch(keras.callbacks.Callback):
         logs["val_score"] = -abs(epoch - self.best_epoch)
 
 
+class Recorder(keras.callbacks.Callback):
+    """Records the layer's state at train begin and end and around every
+    epoch. Placed after MPECallback, it sees each step of the schedule
+    done: at the begin of epoch `search_epochs` the selection, rewind and
+    optimizer reset have happened."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.states = {}
+
+    def _record(self, key):
+        steps, _ = self.layer.quantizer_parameters()
+        self.states[key] = {
+            "table": self.layer.embeddings.numpy().copy(),
+            "scale": float(
+                testing_utils.layer_weight(self.layer, "quantizer_scale")
+            ),
+            "step_sizes": steps,
+            "probabilities": self.layer.precision_probabilities(),
+        }
+
+    def on_train_begin(self, logs=None):
+        self._record("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._record(("begin", epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record(("end", epoch))
+
+    def on_train_end(self, logs=None):
+        self._record("train_end")
+
+
 class ScheduleTest(tf.test.TestCase):
     def _ctr_setup(self):
         """Zipf CTR data, an 8-group table, the compiled CTR model."""
@@ -136,6 +171,88 @@ class ScheduleTest(tf.test.TestCase):
         # One retraining epoch of 4 steps since the reset.
         self.assertEqual(4, iterations)
         self.assertTrue(any(np.abs(v.numpy()).sum() > 0 for v in state))
+
+    def test_reset_keeps_the_learning_rate_and_retraining_learns(self):
+        keras.utils.set_random_seed(0)
+        _, data, layer, model = self._ctr_setup()
+        recorder = Recorder(layer)
+        callback = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
+        model.fit(data, epochs=3, verbose=0, callbacks=[callback, recorder])
+        # The reset zeroed the optimizer's state, not its learning rate.
+        self.assertAllClose(1e-2, float(model.optimizer.learning_rate))
+        # One retraining epoch (8 Adam steps of about 1e-2) moved the
+        # rewound table's frequent rows.
+        rewound = recorder.states["begin", 2]["table"]
+        retrained = recorder.states["train_end"]["table"]
+        self.assertGreater(np.abs(retrained - rewound).max(), 1e-2)
+
+    def test_rewind_returns_to_the_table_at_the_start_of_fit(self):
+        keras.utils.set_random_seed(0)
+        _, data, layer, model = self._ctr_setup()
+        built = layer.embeddings.numpy().copy()
+        model.fit(data, epochs=1, verbose=0)  # float pre-training
+        recorder = Recorder(layer)
+        callback = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
+        model.fit(data, epochs=3, verbose=0, callbacks=[callback, recorder])
+        start = recorder.states["train_begin"]["table"]
+        self.assertGreater(np.abs(start - built).max(), 1e-2)
+        # Rewound at the selection to the table this fit started from,
+        # not to the one the layer was built with.
+        self.assertAllEqual(start, recorder.states["begin", 2]["table"])
+
+    def test_step_sizes_are_set_from_the_warmed_up_table(self):
+        keras.utils.set_random_seed(0)
+        _, data, layer, model = self._ctr_setup()
+        recorder = Recorder(layer)
+        callback = keras_mpe.MPECallback(
+            data, search_epochs=2, warmup_epochs=1, verbose=0
+        )
+        model.fit(data, epochs=3, verbose=0, callbacks=[callback, recorder])
+        built = np.abs(recorder.states["train_begin"]["table"]).mean()
+        search = recorder.states["begin", 1]  # the first search epoch
+        mean_abs = np.abs(search["table"]).mean()
+        # The warm-up changed the table's scale by more than 5%.
+        self.assertGreater(abs(mean_abs / built - 1), 0.05)
+        self.assertAllClose(mean_abs, search["scale"], rtol=1e-5)
+        self.assertAllClose(
+            [
+                keras_mpe.quantizer.initial_step_size(mean_abs, bits)
+                for bits in layer.quantized_bits
+            ],
+            search["step_sizes"],
+            rtol=1e-5,
+        )
+
+    def test_best_epoch_can_be_the_first_search_epoch(self):
+        keras.utils.set_random_seed(0)
+        _, data, layer, model = self._ctr_setup()
+        recorder = Recorder(layer)
+        callback = keras_mpe.MPECallback(
+            data,
+            search_epochs=3,
+            warmup_epochs=1,
+            monitor="val_score",
+            mode="max",
+            verbose=0,
+        )
+        model.fit(
+            data,
+            epochs=4,
+            verbose=0,
+            callbacks=[ScoreByEpoch(best_epoch=1), callback, recorder],
+        )
+        first = recorder.states["end", 1]["probabilities"]
+        second = recorder.states["end", 2]["probabilities"]
+        self.assertGreater(np.abs(first - second).max(), 1e-3)
+        # Epoch 1, the first search epoch, scored best: its weights were
+        # restored before the selection and its distribution chose.
+        self.assertAllClose(
+            first, recorder.states["begin", 3]["probabilities"], atol=1e-6
+        )
+        self.assertAllEqual(
+            keras_mpe.selection.select_bits(first, layer.bit_candidates),
+            layer.bits_per_group(),
+        )
 
 
 def _softmax(x):

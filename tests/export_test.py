@@ -29,7 +29,7 @@ def fixed_mpe(name=None, ordered=True):
     if not ordered:
         counts = np.random.default_rng(1).permutation(counts)
     layer.set_frequencies(counts)
-    layer.set_bits([0, 1, 3, 5, 6])
+    layer.fix_bits([0, 1, 3, 5, 6])
     return layer
 
 
@@ -206,6 +206,42 @@ class ExportTest(tf.test.TestCase):
             keras_mpe.export_saved_model(
                 keras_mpe.convert(Subclassed()), self.path + "y"
             )
+
+
+def with_batch_norm(dropout):
+    """A converted CTR model with BatchNormalization (and Dropout) whose
+    moving statistics are far from any batch's, so that training-mode
+    outputs (batch statistics, dropped units) differ from inference."""
+    inputs = keras.Input((3,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(fixed_mpe()(inputs))
+    x = keras.layers.Dense(8)(x)
+    norm = keras.layers.BatchNormalization()
+    x = norm(x)
+    if dropout:
+        x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    # gamma, beta, moving mean, moving variance.
+    norm.set_weights(
+        [np.ones(8), np.zeros(8), np.full(8, 0.5), np.full(8, 4.0)]
+    )
+    return keras_mpe.convert(keras.Model(inputs, outputs))
+
+
+class ExportInferenceTest(tf.test.TestCase):
+    def test_batch_norm_and_dropout_serve_in_inference_mode(self):
+        for dropout in (False, True):
+            model = with_batch_norm(dropout)
+            expected = model.predict(IDS, verbose=0)
+            path = keras_mpe.export_saved_model(
+                model, os.path.join(self.get_temp_dir(), str(dropout), "1")
+            )
+            _, signature, _, _ = _signature(path)
+            served = signature(ids=tf.constant(IDS))["outputs"]
+            testing_utils.assert_same_predictions(expected, served)
+            # Training mode is far off. Checked last: it moves the
+            # moving statistics.
+            training = model(IDS, training=True)
+            self.assertGreater(np.abs(training - expected).max(), 0.05)
 
 
 class ExportShuffledIdsTest(ExportTest):

@@ -20,6 +20,14 @@ class SelectionTest(tf.test.TestCase):
             [4, 1, 0, 4], selection.select_bits(PROBABILITIES, CANDIDATES)
         )
 
+    def test_threshold_rule_keeps_a_candidate_at_exactly_the_threshold(self):
+        # K = 4: the threshold is 1 / 8 = 0.125, and "at least" keeps a
+        # candidate holding exactly that (2 bits), not the one below it.
+        self.assertAllEqual(
+            [2],
+            selection.select_bits([[0.625, 0.25, 0.125, 0.0]], (0, 1, 2, 3)),
+        )
+
     def test_argmax_rule(self):
         self.assertAllEqual(
             [1, 0, 0, 2],

@@ -102,6 +102,20 @@ def train_searched(
     return model, layer, history, data
 
 
+def layer_weight(layer, name):
+    """The weight of `layer` called `name` ("quantizer_scale", ...).
+
+    Tests read a layer's stored state through this, by the weight's name,
+    rather than through private attributes.
+    """
+    for weight in layer.weights:
+        # "embeddings" in Keras 3, "<layer>/embeddings:0" in tf_keras.
+        if weight.name.split("/")[-1].split(":")[0] == name:
+            return weight
+    names = [weight.name for weight in layer.weights]
+    raise KeyError(f"Layer '{layer.name}' has no weight {name!r}: {names}")
+
+
 def assert_same_layer_state(layer, other):
     """Equal phase and equal weights (table, groups, logits, bits...)."""
     assert layer.phase == other.phase, (layer.phase, other.phase)
