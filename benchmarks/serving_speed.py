@@ -1,18 +1,18 @@
 """Lookup and predict cost of FixedBitEmbedding, and conversion cost.
 
-Serving issue setting: a 1,000,000 x 16 table, 4096 x 26 Zipf(1.1) ids,
-a learned-like mix of bits (rising with frequency, the rarest groups
-pruned). In one process it times, as medians over calls made in turns
-(float, packed, float, ...) with the median per-turn ratio:
+The setting: a 1,000,000 x 16 table, 4096 x 26 Zipf(1.1) ids, a
+learned-like mix of bits (rising with frequency, the rarest groups pruned).
+In one process it times, as medians over calls made in turns (float,
+packed, float, ...) with the median per-turn ratio:
 
 - the converted lookup vs a float `Embedding` lookup, without and with XLA;
 - whole-model predict (26 fields, MLP 256-128), converted vs float;
 
 and, with `--convert-rows`, converts tables of 1/10 and all of that many
 rows in fresh processes, printing time and peak memory (max RSS growth)
-relative to the float table. Targets: predict <= 1.2x without XLA and
-<= 1.0x with XLA, lookup <= 3x without XLA, conversion peak <= 1.5x the
-float table and time linear in rows.
+relative to the float table. The project's targets: predict <= 1.2x
+without XLA and <= 1.0x with XLA, lookup <= 3x without XLA, conversion
+peak <= 1.5x the float table and time linear in rows.
 
 With `--breakdown` it also times the non-XLA lookup stage by stage, and
 under XLA the lookups and the MLP apart from the whole models.

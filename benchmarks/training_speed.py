@@ -1,17 +1,17 @@
 """Training-step and counting-pass cost of MixedPrecisionEmbedding.
 
-The large-table setting of the Core issue: 26 fields sharing one
-1,000,000 x 16 table (global ids, Zipf exponent 1.1), MLP 256-128, batch
-4096, Adam. In one process and on the same batches it times a training step
-with a plain `tf.keras.layers.Embedding` and with MixedPrecisionEmbedding in
-each phase, and the frequency-counting pass against `model.predict`, then
-prints medians and ratios (ours / baseline). Run it in each Keras mode:
+The large-table setting: 26 fields sharing one 1,000,000 x 16 table
+(global ids, Zipf exponent 1.1), MLP 256-128, batch 4096, Adam. In one
+process and on the same batches it times a training step with a plain
+`tf.keras.layers.Embedding` and with MixedPrecisionEmbedding in each phase,
+and the frequency-counting pass against `model.predict`, then prints
+medians and ratios (ours / baseline). Run it in each Keras mode:
 
     python benchmarks/training_speed.py [--jit]
     TF_USE_LEGACY_KERAS=1 python benchmarks/training_speed.py [--jit]
 
-Targets (Core issue): search / Embedding <= 1.5x, fixed (retrain) /
-Embedding <= 1.15x without XLA; counting / predict <= 1.3x.
+The project's targets: search <= 1.5x and fixed (retrain) <= 1.15x a plain
+`Embedding` step without XLA; counting <= 1.3x `model.predict`.
 """
 
 import os

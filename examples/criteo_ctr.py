@@ -1,4 +1,4 @@
-"""Trains a CTR model with Mixed-Precision Embeddings and compares to fp32.
+r"""Trains a CTR model with Mixed-Precision Embeddings and compares to fp32.
 
 The whole path: fp32 baseline, then MPE search + retraining with
 `MPECallback`, `keras_mpe.convert` to packed fixed-bit tables,
@@ -17,10 +17,14 @@ cross layers) in front of the MLP.
         --criteo ../shared/data/criteo/criteo_dac_head8000.txt
 """
 
-import argparse
 import os
 import tempfile
 import time
+import types
+
+from absl import app
+from absl import flags
+from absl import logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -30,43 +34,82 @@ import keras_mpe  # noqa: E402
 from keras_mpe import datasets  # noqa: E402
 
 keras = tf.keras  # Keras 3, or tf_keras with TF_USE_LEGACY_KERAS=1
+FLAGS = flags.FLAGS
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--criteo", help="a Kaggle Criteo TSV file")
-    parser.add_argument("--model", choices=["dnn", "dcn"], default="dnn")
-    parser.add_argument(
-        "--export-dir",
-        default=os.path.join(
-            tempfile.gettempdir(), "keras_mpe", "criteo_ctr", "1"
-        ),
-        help="SavedModel version folder (replaced if it exists)",
+def define_flags():
+    """The command line. Defined when run as a script, not on import."""
+    flags.DEFINE_string(
+        "criteo",
+        None,
+        "A Kaggle Criteo TSV file (label, I1-I13, C1-C26), read with the "
+        "MPE reference preprocessing. Unset: the built-in synthetic "
+        "Criteo-like data.",
     )
-    parser.add_argument(
-        "--rows", type=int, default=400_000, help="synthetic training rows"
+    flags.DEFINE_enum(
+        "model",
+        "dnn",
+        ["dnn", "dcn"],
+        "dnn: embeddings -> MLP 256-128; dcn: two DCN-v2 cross layers "
+        "before the MLP.",
     )
-    parser.add_argument(
-        "--max-cardinality",
-        type=int,
-        default=20_000,
-        help="synthetic per-field vocabulary cap",
+    flags.DEFINE_string(
+        "export-dir",
+        os.path.join(tempfile.gettempdir(), "keras_mpe", "criteo_ctr", "1"),
+        "SavedModel version folder for TF Serving (replaced if it exists).",
     )
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--search-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--num-groups", type=int, default=64)
-    parser.add_argument("--bit-penalty", type=float, default=3e-3)
-    parser.add_argument(
-        "--target-bits",
-        type=float,
-        help="a size budget in bits per element (32 / compression, e.g. "
-        "0.32 for 100x) instead of the threshold rule",
+    flags.DEFINE_integer(
+        "rows",
+        400_000,
+        "Synthetic training rows (validation and test: rows / 8 each).",
+        lower_bound=1,
     )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    flags.DEFINE_integer(
+        "max-cardinality",
+        20_000,
+        "Synthetic data: largest vocabulary of one categorical field.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        4,
+        "Training epochs of each model; for MPE the search epochs included.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "search-epochs",
+        2,
+        "MPE epochs before the bits are chosen (float warm-up included); "
+        "the remaining epochs retrain at the chosen bits.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "batch-size", 2048, "Examples per batch.", lower_bound=1
+    )
+    flags.DEFINE_integer("dim", 16, "Embedding dimension.", lower_bound=1)
+    flags.DEFINE_integer(
+        "num-groups",
+        64,
+        "Frequency groups of the MPE table; each group learns its bits.",
+        lower_bound=1,
+    )
+    flags.DEFINE_float(
+        "bit-penalty",
+        3e-3,
+        "Weight of the bit penalty (each group's expected bits) in the "
+        "search loss; larger gives smaller tables.",
+    )
+    flags.DEFINE_float(
+        "target-bits",
+        None,
+        "A size budget in average bits per element (32 / compression, e.g. "
+        "0.32 for 100x) that replaces the threshold rule. Unset: the "
+        "threshold rule sets the size.",
+    )
+    flags.DEFINE_float("learning-rate", 1e-3, "Adam learning rate.")
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of the data and of the weight initialisation."
+    )
 
 
 def load_data(args):
@@ -186,8 +229,15 @@ def train(embedding, data, args, callbacks=(), first_kept_epoch=0):
     return model, scores, seconds
 
 
-def main():
-    args = parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # TF's INFO logs only on request
+        logging.set_verbosity(logging.WARNING)
+    # The flags as attributes: --batch-size is args.batch_size.
+    args = types.SimpleNamespace(
+        **{k.replace("-", "_"): v for k, v in FLAGS.flag_values_dict().items()}
+    )
     data = load_data(args)
     vocabulary = data[3]
     print(f"vocabulary: {vocabulary} ids, embedding dim {args.dim}")
@@ -263,4 +313,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

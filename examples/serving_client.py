@@ -1,4 +1,4 @@
-"""Sends Predict requests to a TF Serving model server, as its users do.
+r"""Sends Predict requests to a TF Serving model server, as its users do.
 
 Serve a model exported by `keras_mpe.export_saved_model` (for example by
 `examples/criteo_ctr.py`, which writes /tmp/keras_mpe/criteo_ctr/1):
@@ -19,17 +19,57 @@ The inputs are made from the `serving_default` signature of `--model-dir`
 (names, dtypes, shapes); `--dry-run` only prints the REST body.
 """
 
-import argparse
 import json
 import os
+import types
 import urllib.request
 
 import numpy as np
+from absl import app
+from absl import flags
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import tensor_util
 
 SIGNATURE = "serving_default"
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line. Defined when run as a script, not on import."""
+    flags.DEFINE_string(
+        "model-dir",
+        None,
+        "Required. The exported SavedModel version folder (saved_model.pb); "
+        "its serving_default signature gives the inputs' names, dtypes and "
+        "shapes.",
+    )
+    flags.mark_flag_as_required("model-dir")
+    flags.DEFINE_string(
+        "model-name",
+        "criteo_ctr",
+        "The model server's --model_name: the model the requests address.",
+    )
+    flags.DEFINE_string(
+        "grpc",
+        None,
+        "host:port of TF Serving's gRPC API, e.g. localhost:8500.",
+    )
+    flags.DEFINE_string(
+        "rest",
+        None,
+        "http://host:port of TF Serving's REST API, e.g. "
+        "http://localhost:8501.",
+    )
+    flags.DEFINE_integer(
+        "batch-size", 4, "Examples in the request.", lower_bound=1
+    )
+    flags.DEFINE_bool(
+        "dry-run",
+        False,
+        "Only print the inputs and the REST body; send nothing (also what "
+        "happens when neither --grpc nor --rest is given).",
+    )
 
 
 def input_spec(model_dir, signature=SIGNATURE) -> dict:
@@ -109,15 +149,13 @@ def predict_rest(url, model_name, inputs, row_format=True, signature=SIGNATURE):
     return answer["predictions" if row_format else "outputs"]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True, help="exported version")
-    parser.add_argument("--model-name", default="criteo_ctr")
-    parser.add_argument("--grpc", help="host:port of the gRPC API")
-    parser.add_argument("--rest", help="http://host:port of the REST API")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dry-run", action="store_true")
-    args = parser.parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # The flags as attributes: --model-dir is args.model_dir.
+    args = types.SimpleNamespace(
+        **{k.replace("-", "_"): v for k, v in FLAGS.flag_values_dict().items()}
+    )
     spec = input_spec(args.model_dir)
     inputs = example_inputs(spec, args.batch_size)
     print("inputs:", {name: (str(d), s) for name, (d, s) in spec.items()})
@@ -134,4 +172,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

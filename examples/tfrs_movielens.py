@@ -3,7 +3,9 @@
 User and movie ids go through MixedPrecisionEmbedding tables inside a
 `tfrs.models.Model`; `model.fit` with `MPECallback` searches and retrains,
 then the model is converted to packed tables and exported for TF Serving.
-Prints test RMSE of float embeddings vs MPE, and the compression report.
+Each model keeps its best validation epoch (MPE: the best retraining
+epoch). Prints test RMSE of float embeddings vs MPE, and the compression
+report.
 
 TFRS needs Keras 2 (tf_keras): this script sets TF_USE_LEGACY_KERAS=1.
 
@@ -13,10 +15,14 @@ TFRS needs Keras 2 (tf_keras): this script sets TF_USE_LEGACY_KERAS=1.
 https://grouplens.org/datasets/movielens/100k/).
 """
 
-import argparse
 import os
 import pathlib
 import tempfile
+import types
+
+from absl import app
+from absl import flags
+from absl import logging
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -33,26 +39,58 @@ DEFAULT_DATA = (
     / "shared/data/movielens/ml-100k"
 )
 FEATURES = ("user_id", "movie_id")
+FLAGS = flags.FLAGS
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="fp32/retrain")
-    parser.add_argument("--search-epochs", type=int, default=3)
-    parser.add_argument("--num-groups", type=int, default=32)
-    parser.add_argument("--bit-penalty", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--export-dir",
-        default=os.path.join(
+def define_flags():
+    """The command line. Defined when run as a script, not on import."""
+    flags.DEFINE_string(
+        "data",
+        str(DEFAULT_DATA),
+        "The MovieLens 100K folder (ml-100k) holding u.data.",
+    )
+    flags.DEFINE_integer(
+        "dim", 32, "Embedding dimension of both tables.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        3,
+        "Training epochs of the fp32 model, and retraining epochs of MPE "
+        "after the search (MPE trains search-epochs + epochs in all).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "search-epochs",
+        3,
+        "MPE epochs before the bits are chosen (float warm-up included).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "num-groups",
+        32,
+        "Frequency groups per MPE table; each group learns its bits.",
+        lower_bound=1,
+    )
+    flags.DEFINE_float(
+        "bit-penalty",
+        1e-3,
+        "Weight of the bit penalty (each group's expected bits) in the "
+        "search loss; larger gives smaller tables.",
+    )
+    flags.DEFINE_integer(
+        "batch-size", 1024, "Ratings per batch.", lower_bound=1
+    )
+    flags.DEFINE_float("learning-rate", 3e-3, "Adam learning rate.")
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of the data split and of the weight initialisation."
+    )
+    flags.DEFINE_string(
+        "export-dir",
+        os.path.join(
             tempfile.gettempdir(), "keras_mpe", "movielens_ranking", "1"
         ),
+        "SavedModel version folder for TF Serving (replaced if it exists).",
     )
-    return parser.parse_args()
 
 
 class RankingModel(tfrs.models.Model):
@@ -118,21 +156,39 @@ def load(args):
     )
 
 
-def train(model, data, args, epochs, callbacks=()):
+def train(model, data, args, epochs, callbacks=(), first_kept_epoch=0):
+    """Fits, then keeps the weights of the best validation epoch from
+    `first_kept_epoch` on (MPE: the first retraining epoch); returns the
+    test RMSE."""
     keras.utils.set_random_seed(args.seed)
     model.compile(keras.optimizers.Adam(args.learning_rate))
+    best_epoch = keras.callbacks.EarlyStopping(
+        monitor="val_rmse",
+        mode="min",
+        patience=epochs,  # never stops early, only restores the best
+        start_from_epoch=first_kept_epoch,
+        restore_best_weights=True,
+        verbose=1,
+    )
     model.fit(
         data["train"],
         validation_data=data["val"],
         epochs=epochs,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, best_epoch],
         verbose=2,
     )
     return model.evaluate(data["test"], return_dict=True, verbose=0)["rmse"]
 
 
-def main():
-    args = parse_args()
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # TF's INFO logs only on request
+        logging.set_verbosity(logging.WARNING)
+    # The flags as attributes: --batch-size is args.batch_size.
+    args = types.SimpleNamespace(
+        **{k.replace("-", "_"): v for k, v in FLAGS.flag_values_dict().items()}
+    )
     data, sizes = load(args)
     print(f"vocabulary sizes: {sizes}, embedding dim {args.dim}")
 
@@ -159,7 +215,12 @@ def main():
         mode="min",
     )
     mpe_rmse = train(
-        model, data, args, args.search_epochs + args.epochs, [callback]
+        model,
+        data,
+        args,
+        args.search_epochs + args.epochs,
+        [callback],
+        first_kept_epoch=args.search_epochs,
     )
 
     print("\n== convert, report, export ==")
@@ -176,7 +237,7 @@ def main():
     )["rmse"]
     print(f"SavedModel written to {path}")
 
-    print("\n== test RMSE ==")
+    print("\n== test RMSE (each model at its best validation epoch) ==")
     print(f"fp32           : {fp32_rmse:.4f}")
     print(
         f"MPE (retrained): {mpe_rmse:.4f} ({mpe_rmse / fp32_rmse - 1:+.2%}) "
@@ -187,4 +248,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

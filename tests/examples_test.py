@@ -66,7 +66,7 @@ def test_tfrs_movielens_on_a_small_ratings_file(tmp_path):
     export = tmp_path / "ranking" / "1"
     out = _run(
         "tfrs_movielens.py",
-        *("--data", str(tmp_path), "--epochs", "1", "--search-epochs", "1"),
+        *("--data", str(tmp_path), "--epochs", "2", "--search-epochs", "1"),
         *("--num-groups", "8", "--export-dir", str(export)),
     )
     assert (export / "saved_model.pb").exists()
@@ -74,6 +74,30 @@ def test_tfrs_movielens_on_a_small_ratings_file(tmp_path):
     converted = re.search(r"MPE \(converted\): (\S+)", out).group(1)
     assert retrained == converted
     assert "payload compression" in out
+    # Both models report their best validation epoch; MPE's is one of
+    # the retraining epochs (2 and 3), never the search epoch.
+    restored = re.findall(r"the end of the best epoch: (\d+)", out)
+    assert len(restored) == 2 and int(restored[1]) >= 2, restored
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        ("criteo_ctr.py", ["--target-bits:", "--batch-size:", "'2048'"]),
+        ("tfrs_movielens.py", ["--data:", "--search-epochs:", "'0.003'"]),
+        ("serving_client.py", ["--model-dir:", "--[no]dry-run:", "'4'"]),
+    ],
+)
+def test_help_lists_the_flags_with_their_defaults(script, expected):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", script), "--help"],
+        capture_output=True,
+        text=True,
+        env=QUIET,
+        timeout=300,
+    )
+    for text in [*expected, "(default: "]:
+        assert text in result.stdout, (text, result.stdout[-3000:])
 
 
 def test_tfrs_movielens_names_a_missing_data_folder(tmp_path):
