@@ -92,6 +92,19 @@ def sublayers(model) -> list:
     return list(model._flatten_layers(include_self=False))
 
 
+def input_spec(keras_tensor):
+    """The `tf.TypeSpec` of a functional model's input (ragged, sparse
+    or dense)."""
+    if not IS_KERAS_3:
+        return keras_tensor.type_spec
+    shape, dtype = keras_tensor.shape, keras_tensor.dtype
+    if getattr(keras_tensor, "ragged", False):
+        return tf.RaggedTensorSpec(shape, dtype, ragged_rank=1)
+    if getattr(keras_tensor, "sparse", False):
+        return tf.SparseTensorSpec(shape, dtype)
+    return tf.TensorSpec(shape, dtype)
+
+
 def graph_input_ranks(model):
     """The ranks of a functional model's inputs, batch included; None
     for a subclassed model."""
@@ -116,6 +129,27 @@ def first_call_spec(model):
     if IS_KERAS_3:
         return None
     return model._get_save_spec(dynamic_batch=True)
+
+
+def clone_model(model, clone_function):
+    """`keras.models.clone_model`, keeping ragged and sparse inputs (Keras
+    3 recreates a functional model's inputs as dense otherwise)."""
+    inputs = None
+    if IS_KERAS_3 and not isinstance(model, keras.Sequential):
+
+        def fresh(tensor):
+            return keras.Input(
+                batch_shape=tensor.shape,
+                dtype=tensor.dtype,
+                sparse=tensor.sparse,
+                ragged=tensor.ragged,
+                name=tensor.name,
+            )
+
+        inputs = tf.nest.map_structure(fresh, model._inputs_struct)
+    return keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=clone_function
+    )
 
 
 def replace_sublayer(parent, name, layer):

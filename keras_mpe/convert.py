@@ -28,7 +28,7 @@ def _convert_layer(layer):
     if isinstance(layer, MixedPrecisionEmbedding):
         return FixedBitEmbedding.from_searched(layer)
     if _is_graph_model(layer):
-        return keras.models.clone_model(layer, clone_function=_convert_layer)
+        return _compat.clone_model(layer, _convert_layer)
     if isinstance(layer, keras.Model) or _has_layer_attributes(layer):
         for name, value in list(vars(layer).items()):
             if not isinstance(value, keras.layers.Layer):

@@ -69,9 +69,9 @@ import tensorflow as tf
 
 from keras_mpe import _compat
 from keras_mpe import frequency
+from keras_mpe import ids
 from keras_mpe import quantizer
 from keras_mpe import selection
-from keras_mpe.ids import checked_ids
 from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
@@ -238,6 +238,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             steps; the default 0.1 lets the task loss take part.
         bit_penalty: Non-negative float. Weight lambda of the bit penalty.
         embeddings_initializer: Initializer of the table.
+        combiner: None, "sum", "mean" or "sqrtn". Pools the rows of each
+            example's ids (multi-hot, ragged or sparse ids; see `ids.py`).
+        mask_zero: Boolean. Id 0 is padding: no row, not pooled, not
+            counted, and dense outputs carry the mask `ids != 0`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Attributes:
@@ -250,10 +254,13 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             True forces the static form everywhere.
 
     Input shape:
-        Integer tensor of any shape `(...)`.
+        Integer tensor of any shape `(...)`, or with a `combiner` a
+        `(..., ids)` tensor, a `tf.RaggedTensor` `(batch, None)` or a
+        `tf.SparseTensor` `(batch, ids)`.
 
     Output shape:
-        `(..., output_dim)`.
+        `(..., output_dim)` (ragged for ragged ids), or with a `combiner`
+        the pooled `(batch, output_dim)`.
     """
 
     def __init__(
@@ -265,6 +272,8 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         temperature: float = 0.1,
         bit_penalty: float = 3e-4,
         embeddings_initializer="uniform",
+        combiner=None,
+        mask_zero: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -292,6 +301,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer
         )
+        ids.check_combiner(combiner)
+        self.combiner = combiner
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
         self.quantized_bits = tuple(b for b in self.bit_candidates if b > 0)
         self.static_shapes = False
         self._recorder = None
@@ -390,11 +403,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
     def call(self, inputs):
-        ids = checked_ids(inputs, self.input_dim, self)
         if self._recorder is not None:
-            self._recorder.record(ids)
-            shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
-            return tf.zeros(shape, self.compute_dtype)
+            self._recorder.record(ids.counted_ids(inputs, self))
+            return ids.embed(inputs, self._zero_rows, self)
         phase = _compat.read(self._phase)
         probabilities = self._probabilities()
         if self.bit_penalty:
@@ -402,7 +413,18 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             self.add_loss(
                 self.bit_penalty * is_search * self._bit_cost(probabilities)
             )
-        flat_ids = tf.reshape(ids, [-1])
+
+        def rows_of(flat_ids):
+            return self._rows(flat_ids, phase, probabilities)
+
+        return ids.embed(inputs, rows_of, self)
+
+    def _zero_rows(self, flat_ids):
+        """What counting returns: zeros, no weight read."""
+        return tf.zeros([tf.size(flat_ids), self.output_dim])
+
+    def _rows(self, flat_ids, phase, probabilities):
+        """The phase's float32 rows `(n, dim)` of a flat id vector."""
         static = self.static_shapes or _compat.in_xla_compilation()
         if not static:
             # Each distinct id is quantized once (XLA fuses the per-lookup
@@ -419,11 +441,13 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         outputs = is_float * rows + mixed
         if not static:
             outputs = tf.gather(outputs, positions)
-        shape = tf.concat([tf.shape(ids), [self.output_dim]], 0)
-        return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
+        return outputs
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.output_dim,)
+        return ids.output_shape(input_shape, self)
+
+    def compute_mask(self, inputs, mask=None):
+        return ids.output_mask(inputs, self)
 
     def _probabilities(self):
         logits = _compat.read(self._precision_logits)
@@ -859,5 +883,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             embeddings_initializer=keras.initializers.serialize(
                 self.embeddings_initializer
             ),
+            combiner=self.combiner,
+            mask_zero=self.mask_zero,
         )
         return config

@@ -20,7 +20,9 @@ from keras_mpe.model_layers import find_layers
 
 
 def input_signature(model) -> dict:
-    """Named `tf.TensorSpec`s of a functional model's inputs."""
+    """Named specs of a functional model's inputs: `tf.TensorSpec`, or
+    `tf.RaggedTensorSpec` / `tf.SparseTensorSpec` for ragged and sparse
+    inputs."""
     inputs = model.input
     if isinstance(inputs, dict):
         named = inputs
@@ -30,9 +32,71 @@ def input_signature(model) -> dict:
             for tensor in tf.nest.flatten(inputs)
         }
     return {
-        name: tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
+        name: _named(_compat.input_spec(tensor), name)
         for name, tensor in named.items()
     }
+
+
+def _named(spec, name):
+    if isinstance(spec, tf.TensorSpec):
+        return tf.TensorSpec(spec.shape, spec.dtype, name=name)
+    return spec
+
+
+def serving_inputs(specs: dict) -> dict:
+    """The plain tensors a serving signature takes for named `specs`.
+
+    TF Serving feeds dense tensors only, so a ragged input `x` (one
+    ragged dimension) comes as `x_values` and `x_row_splits`, and a
+    sparse input as `x_indices`, `x_values` and `x_dense_shape` (the
+    components of `tf.RaggedTensor.from_row_splits` and
+    `tf.SparseTensor`).
+    """
+    flat = {}
+    for name, spec in specs.items():
+        if isinstance(spec, tf.RaggedTensorSpec):
+            if spec.ragged_rank != 1:
+                raise ValueError(
+                    f"export_saved_model: ragged input {name!r} must have "
+                    f"one ragged dimension. Received: {spec}"
+                )
+            parts = {
+                "values": ((None,), spec.dtype),
+                "row_splits": ((None,), spec.row_splits_dtype),
+            }
+        elif isinstance(spec, tf.SparseTensorSpec):
+            rank = spec.shape.rank
+            parts = {
+                "indices": ((None, rank), tf.int64),
+                "values": ((None,), spec.dtype),
+                "dense_shape": ((rank,), tf.int64),
+            }
+        else:
+            flat[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
+            continue
+        for part, (shape, dtype) in parts.items():
+            key = f"{name}_{part}"
+            flat[key] = tf.TensorSpec(shape, dtype, name=key)
+    return flat
+
+
+def _rebuilt(features: dict, specs: dict) -> dict:
+    """The named inputs of `specs` from the tensors of `serving_inputs`."""
+    inputs = {}
+    for name, spec in specs.items():
+        if isinstance(spec, tf.RaggedTensorSpec):
+            inputs[name] = tf.RaggedTensor.from_row_splits(
+                features[f"{name}_values"], features[f"{name}_row_splits"]
+            )
+        elif isinstance(spec, tf.SparseTensorSpec):
+            inputs[name] = tf.SparseTensor(
+                features[f"{name}_indices"],
+                features[f"{name}_values"],
+                features[f"{name}_dense_shape"],
+            )
+        else:
+            inputs[name] = features[name]
+    return inputs
 
 
 def _graph_inputs(model):
@@ -124,7 +188,9 @@ def export_saved_model(
     Args:
         model: A Keras model, usually the result of `keras_mpe.convert`.
         path: String. The version folder (`<base>/<model name>/<version>`).
-        signature: Dict of name -> `tf.TensorSpec`, or None to take it from
+        signature: Dict of name -> `tf.TensorSpec` (or
+            `tf.RaggedTensorSpec` / `tf.SparseTensorSpec`, served as their
+            component tensors: see `serving_inputs`), or None to take it from
             a functional model's inputs, or from the inputs of a
             subclassed (TFRS) model's first call where the Keras in use
             records them (tf_keras does; Keras 3 does not).
@@ -156,12 +222,14 @@ def export_saved_model(
         signature, to_model_inputs = _inferred_signature(model)
     else:
         to_model_inputs = _positional_inputs(model)
+    flat_signature = serving_inputs(signature)
     if os.path.exists(path) and overwrite:
         shutil.rmtree(path)
 
-    @tf.function(input_signature=[signature], jit_compile=jit_compile)
+    @tf.function(input_signature=[flat_signature], jit_compile=jit_compile)
     def serve(features):
-        outputs = model(to_model_inputs(features), training=False)
+        inputs = to_model_inputs(_rebuilt(features, signature))
+        outputs = model(inputs, training=False)
         if isinstance(outputs, dict):
             return outputs
         return {"outputs": outputs}

@@ -32,11 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mpe import _compat
+from keras_mpe import ids
 from keras_mpe import quantizer
 from keras_mpe import row_index
 from keras_mpe import storage
 from keras_mpe.embedding import Phase
-from keras_mpe.ids import checked_ids
 
 keras = _compat.keras
 MAX_BITS = storage.MAX_BITS
@@ -80,6 +80,10 @@ class FixedBitEmbedding(keras.layers.Layer):
             ("segments" index).
         layout: String. How codes are stored (see `storage.LAYOUTS`);
             "packed" (the smallest).
+        combiner: None, "sum", "mean" or "sqrtn", as in
+            `MixedPrecisionEmbedding` (`ids.py`).
+        mask_zero: Boolean. Id 0 is padding, as in
+            `MixedPrecisionEmbedding`.
         groups: Dict of per-group lists ("bits", "rows", "count") from the
             search, for reports; not used by the lookup, not a variable.
         **kwargs: Base layer keyword arguments.
@@ -91,11 +95,8 @@ class FixedBitEmbedding(keras.layers.Layer):
             class, each class read for every id instead); True forces
             that form everywhere.
 
-    Input shape:
-        Integer tensor of any shape `(...)`.
-
-    Output shape:
-        `(..., output_dim)`.
+    Input and output shapes: as `MixedPrecisionEmbedding`'s (dense,
+    ragged or sparse ids; pooled with a `combiner`).
     """
 
     def __init__(
@@ -107,6 +108,8 @@ class FixedBitEmbedding(keras.layers.Layer):
         num_segments=0,
         groups=None,
         layout="packed",
+        combiner=None,
+        mask_zero=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -140,6 +143,10 @@ class FixedBitEmbedding(keras.layers.Layer):
         self.num_segments = int(num_segments)
         self.groups = groups
         self.layout = layout
+        ids.check_combiner(combiner)
+        self.combiner = combiner
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
         self._layout = storage.LAYOUTS[layout]
         self._row_index = row_index.INDEXES[index](
             self.input_dim, len(pairs), self.num_segments
@@ -186,22 +193,24 @@ class FixedBitEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        ids = tf.reshape(checked_ids(inputs, self.input_dim, self), [-1])
+        return ids.embed(inputs, self._rows, self)
+
+    def _rows(self, flat_ids):
+        """The decoded float32 rows `(n, dim)` of a flat id vector."""
         xla = _compat.in_xla_compilation()
         static = self.static_shapes or xla
         if not static:
             # Unpack each distinct id once, then spread the rows back out.
-            ids, positions = tf.unique(ids)
-        classes, slots = self.locate(ids)
+            flat_ids, positions = tf.unique(flat_ids)
+        classes, slots = self.locate(flat_ids)
         if static:
             values = self._rows_static(classes, slots)
-            if xla:
-                values = _unfused(values)
-        else:
-            values = self._rows_by_class(classes, slots)
-            values = tf.gather(values, positions)
-        shape = tf.concat([tf.shape(inputs), [self.output_dim]], 0)
-        return tf.cast(tf.reshape(values, shape), self.compute_dtype)
+            return _unfused(values) if xla else values
+        values = self._rows_by_class(classes, slots)
+        return tf.gather(values, positions)
+
+    def compute_mask(self, inputs, mask=None):
+        return ids.output_mask(inputs, self)
 
     def _dequantized(self, bits, slots):
         """The rows at `slots` of the b-bit class, as floats."""
@@ -244,7 +253,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         return dict(self.class_rows)
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.output_dim,)
+        return ids.output_shape(input_shape, self)
 
     @classmethod
     def from_searched(
@@ -285,6 +294,8 @@ class FixedBitEmbedding(keras.layers.Layer):
                 for k in ("bits", "rows", "count")
             },
             layout=layout,
+            combiner=layer.combiner,
+            mask_zero=layer.mask_zero,
             name=layer.name,
         )
         fixed._assign(plan, layer, chunk_rows)
@@ -331,5 +342,7 @@ class FixedBitEmbedding(keras.layers.Layer):
             num_segments=self.num_segments,
             groups=self.groups,
             layout=self.layout,
+            combiner=self.combiner,
+            mask_zero=self.mask_zero,
         )
         return config

@@ -156,7 +156,7 @@ class ScheduleTest(tf.test.TestCase):
             keras_mpe.selection.budget_bits(
                 probabilities, layer.bit_candidates, layer.group_sizes(), 1.0
             ),
-            layer.bits_per_group()["bits"],
+            layer.bits_per_group(),
         )
 
     def test_optimizer_state_is_reset_at_selection(self):
@@ -198,6 +198,20 @@ class ScheduleTest(tf.test.TestCase):
         self.assertGreater(np.abs(start - built).max(), 1e-2)
         # Rewound at the selection to the table this fit started from,
         # not to the one the layer was built with.
+        self.assertAllEqual(start, recorder.states["begin", 2]["table"])
+
+    def test_a_second_fit_with_the_callback_searches_anew(self):
+        keras.utils.set_random_seed(0)
+        _, data, layer, model = self._ctr_setup()
+        first = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
+        model.fit(data, epochs=3, verbose=0, callbacks=[first])
+        recorder = Recorder(layer)
+        second = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
+        history = model.fit(
+            data, epochs=3, verbose=0, callbacks=[second, recorder]
+        )
+        self.assertEqual([0, 1, 2], history.history["mpe_phase"])
+        start = recorder.states["train_begin"]["table"]
         self.assertAllEqual(start, recorder.states["begin", 2]["table"])
 
     def test_step_sizes_are_set_from_the_warmed_up_table(self):
@@ -270,9 +284,9 @@ class LearningTest(tf.test.TestCase):
             bit_penalty=1.0
         )
         for layer in (weak, strong):
-            groups = layer.bits_per_group()
+            groups = layer.group_summary()
             # Groups 0-3 hold the rarer half of the ids, 4-7 the frequent.
-            expected, chosen = groups["expected_bits"], groups["bits"]
+            expected, chosen = groups.expected_bits, groups.bits
             self.assertLess(expected[:4].mean() + 0.5, expected[4:].mean())
             self.assertLess(chosen[:4].mean() + 1.0, chosen[4:].mean())
         self.assertLess(strong.average_bits() + 0.5, weak.average_bits())
@@ -323,6 +337,55 @@ class ResumeTest(tf.test.TestCase):
         )
         self.assertEqual([1, 2, 2], history.history["mpe_phase"])
         self.assertEqual(Phase.FIXED, restored_layer.phase)
+
+
+class Crash(keras.callbacks.Callback):
+    """Fails the fit at the end of `epoch`, as a lost worker would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("crash")
+
+
+class BackupAndRestoreTest(tf.test.TestCase):
+    def test_crash_mid_search_with_monitor(self):
+        # The best search epoch (1) is behind the crash (end of 2): its
+        # precisions must survive in the checkpoint, not in memory.
+        ids, labels = testing_utils.zipf_ctr(rows=1000)
+        data = testing_utils.dataset(ids, labels)
+        backup = os.path.join(self.get_temp_dir(), "backup")
+
+        def fit(*extra, best_epoch=1):
+            keras.utils.set_random_seed(1)
+            layer = keras_mpe.MixedPrecisionEmbedding(
+                1000, 4, num_groups=4, bit_penalty=1e-2, temperature=0.01
+            )
+            model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+            callback = keras_mpe.MPECallback(
+                data, search_epochs=4, monitor="val_score", verbose=0
+            )
+            model.fit(
+                data,
+                epochs=6,
+                verbose=0,
+                callbacks=[ScoreByEpoch(best_epoch), callback, *extra],
+            )
+            bits = layer.bits_per_group()
+            return bits, model.predict(ids[:64], verbose=0)
+
+        bits, predictions = fit()
+        with self.assertRaisesRegex(RuntimeError, "crash"):
+            fit(keras.callbacks.BackupAndRestore(backup), Crash(epoch=2))
+        resumed_bits, resumed = fit(keras.callbacks.BackupAndRestore(backup))
+        self.assertAllEqual(bits, resumed_bits)
+        testing_utils.assert_same_predictions(predictions, resumed)
+        # The last search epoch would choose other bits here, so a resume
+        # that lost the best epoch would show.
+        self.assertNotAllEqual(bits, fit(best_epoch=3)[0])
 
 
 class BadInputTest(tf.test.TestCase):

@@ -207,6 +207,24 @@ class ExportTest(tf.test.TestCase):
                 keras_mpe.convert(Subclassed()), self.path + "y"
             )
 
+    def test_out_of_range_ids_fail_in_every_loader(self):
+        _, signature, _, _ = _signature(self.path)
+        for bad in (500, -1):
+            ids = IDS.copy()
+            ids[1, 2] = bad
+            with self.assertRaisesRegex(
+                tf.errors.InvalidArgumentError,
+                r"FixedBitEmbedding .*: every id must be in "
+                r"\[0, input_dim=500\)",
+            ):
+                signature(ids=tf.constant(ids))
+            for predict in (
+                serving.predict_in_fresh_process,
+                serving.predict_with_cpp_loader,
+            ):
+                with self.assertRaisesRegex(RuntimeError, "input_dim=500"):
+                    predict(self.path, {"ids": ids}, self.get_temp_dir())
+
 
 def with_batch_norm(dropout):
     """A converted CTR model with BatchNormalization (and Dropout) whose
@@ -242,6 +260,72 @@ class ExportInferenceTest(tf.test.TestCase):
             # moving statistics.
             training = model(IDS, training=True)
             self.assertGreater(np.abs(training - expected).max(), 0.05)
+
+
+def with_lookup(vocabulary, dtype):
+    """Raw features -> StringLookup / IntegerLookup -> a FIXED table."""
+    if dtype == "string":
+        lookup = keras.layers.StringLookup(vocabulary=vocabulary)
+    else:
+        lookup = keras.layers.IntegerLookup(vocabulary=vocabulary)
+    layer = keras_mpe.MixedPrecisionEmbedding(
+        len(vocabulary) + 1, 4, num_groups=2, bit_penalty=0.0
+    )
+    layer.set_frequencies(np.arange(len(vocabulary) + 1)[::-1])
+    layer.fix_bits([1, 4])
+    inputs = keras.Input((3,), dtype=dtype, name="raw")
+    x = keras.layers.Flatten()(layer(lookup(inputs)))
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+class ExportLookupTest(tf.test.TestCase):
+    """Models that look raw features up serve them: the lookup tables
+    are in the SavedModel, for every loader."""
+
+    def test_string_and_integer_lookups(self):
+        cases = [
+            (["a", "b", "c"], "string", np.array([["a", "c", "zz"]] * 2)),
+            ([10, 20, 30], "int64", np.array([[30, 10, 99]] * 2)),
+        ]
+        for vocabulary, dtype, raw in cases:
+            model = with_lookup(vocabulary, dtype)
+            expected = model.predict(tf.constant(raw), verbose=0)
+            path = os.path.join(self.get_temp_dir(), dtype, "1")
+            keras_mpe.export_saved_model(keras_mpe.convert(model), path)
+            for predict in (
+                serving.predict_in_fresh_process,
+                serving.predict_with_cpp_loader,
+            ):
+                outputs = predict(path, {"raw": raw}, self.get_temp_dir())
+                testing_utils.assert_same_predictions(expected, outputs)
+
+    def test_subclassed_model_signature_from_its_first_call(self):
+        model = keras_mpe.convert(Subclassed())
+        expected = model({"ids": IDS})
+        path = os.path.join(self.get_temp_dir(), "sub", "1")
+        if _compat.IS_KERAS_3:
+            with self.assertRaisesRegex(ValueError, "not its dtypes"):
+                keras_mpe.export_saved_model(model, path)
+            return
+        keras_mpe.export_saved_model(model, path)
+        _, signature, inputs, _ = _signature(path)
+        self.assertEqual(
+            {"ids": tf.int32}, {k: v.dtype for k, v in inputs.items()}
+        )
+        testing_utils.assert_same_predictions(
+            expected, signature(ids=tf.constant(IDS))["outputs"]
+        )
+
+    def test_overwrite_replaces_the_folder(self):
+        path = os.path.join(self.get_temp_dir(), "old", "1")
+        os.makedirs(path)
+        stale = os.path.join(path, "stale.txt")
+        with open(stale, "w") as f:
+            f.write("from an earlier export")
+        served = keras_mpe.convert(functional())
+        keras_mpe.export_saved_model(served, path, overwrite=True)
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(os.path.join(path, "saved_model.pb")))
 
 
 class ExportShuffledIdsTest(ExportTest):

@@ -106,7 +106,7 @@ class CountingTest(tf.test.TestCase):
             )
             layer(np.array([9]))
             first, second = recorder.take()
-            self.assertAllEqual([[1, 2, 2]] * 2, first)
+            self.assertAllEqual([1, 2, 2] * 2, first)  # flat
             self.assertAllEqual([9], second)
             self.assertEqual([], recorder.take())
             with self.assertRaisesRegex(RuntimeError, "already counting"):
