@@ -131,6 +131,15 @@ def first_call_spec(model):
     return model._get_save_spec(dynamic_batch=True)
 
 
+def is_graph_model(layer) -> bool:
+    """A functional or Sequential model (cloneable layer by layer)."""
+    if isinstance(layer, keras.Sequential):
+        return True
+    if IS_KERAS_3:
+        return isinstance(layer, keras.Model) and hasattr(layer, "_operations")
+    return isinstance(layer, keras.Model) and layer._is_graph_network
+
+
 def clone_model(model, clone_function):
     """`keras.models.clone_model`, keeping ragged and sparse inputs (Keras
     3 recreates a functional model's inputs as dense otherwise)."""

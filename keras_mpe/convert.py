@@ -15,19 +15,10 @@ from keras_mpe.model_layers import find_layers
 keras = _compat.keras
 
 
-def _is_graph_model(layer) -> bool:
-    """A functional or Sequential model (cloneable layer by layer)."""
-    if isinstance(layer, keras.Sequential):
-        return True
-    if _compat.IS_KERAS_3:
-        return isinstance(layer, keras.Model) and hasattr(layer, "_operations")
-    return isinstance(layer, keras.Model) and layer._is_graph_network
-
-
 def _convert_layer(layer):
     if isinstance(layer, MixedPrecisionEmbedding):
         return FixedBitEmbedding.from_searched(layer)
-    if _is_graph_model(layer):
+    if _compat.is_graph_model(layer):
         return _compat.clone_model(layer, _convert_layer)
     if isinstance(layer, keras.Model) or _has_layer_attributes(layer):
         for name, value in list(vars(layer).items()):
