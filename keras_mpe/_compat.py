@@ -47,6 +47,12 @@ def gather_rows(weight, indices):
     `ResourceGather` kept the FIXED-phase step at 1.02x a plain Embedding
     step, the read tensor made it 1.5x.
     """
+    if isinstance(weight, tf.__internal__.distribute.ShardedVariable):
+        # A table partitioned over parameter servers: `tf.gather` reads it
+        # with `sparse_read`, which in a traced function joins the shards'
+        # rows without restoring the ids' order (ids [600, 0] of two
+        # 500-row shards gave rows [0, 600]); `embedding_lookup` keeps it.
+        return tf.nn.embedding_lookup(weight, indices)
     if IS_KERAS_3:
         return tf.gather(read(weight), indices)
     return tf.gather(weight, indices)
