@@ -18,6 +18,8 @@ Every step is decided from the epoch index and the layers' own state, so a
 `fit` resumed from a checkpoint with `initial_epoch` picks up where it was.
 """
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +29,7 @@ from keras_mpe.embedding import Phase
 from keras_mpe.model_layers import find_layers
 from keras_mpe.selection import SELECTION_RULES
 from keras_mpe.selection import check_target_bits
+from keras_mpe.selection import distance_from_uniform
 
 keras = _compat.keras
 
@@ -239,6 +242,7 @@ class MPECallback(keras.callbacks.Callback):
         for layer in self.layers:
             if layer.kept_score is not None:
                 layer.restore_search_state()
+            _warn_if_unmoved(layer)
             layer.fix_bits(
                 layer.select_bits(self.selection, self.seed, self.target_bits)
             )
@@ -254,6 +258,28 @@ class MPECallback(keras.callbacks.Callback):
                 )
         if self.reset_optimizer and self.model.optimizer is not None:
             _reset_optimizer(self.model.optimizer)
+
+
+# Below this, the distributions are too close to uniform for the choice
+# to reflect the search (see `selection.distance_from_uniform`).
+UNMOVED = 0.05
+
+
+def _warn_if_unmoved(layer):
+    """Warns when a layer's search left its distributions near uniform."""
+    moved = distance_from_uniform(layer.precision_probabilities())
+    if moved < UNMOVED:
+        warnings.warn(
+            f"MPECallback: layer '{layer.name}': the precision "
+            f"distributions are still close to uniform at selection "
+            f"(distance from uniform {moved:.4f} on a 0-1 scale, below "
+            f"{UNMOVED}): the search learned little, so the chosen bits "
+            "(and any target_bits budget) hardly reflect it. Search for "
+            "more steps (search_epochs, smaller batches), or lower the "
+            f"layer's temperature (now {layer.temperature:g}) so that the "
+            "logits move the distributions faster.",
+            stacklevel=2,
+        )
 
 
 def _reset_optimizer(optimizer):

@@ -129,6 +129,26 @@ def select_bits(probabilities, bit_candidates, rule="threshold", seed=None):
     return candidates[index]
 
 
+def distance_from_uniform(probabilities) -> float:
+    """How far the groups' distributions moved from uniform, 0 to 1.
+
+    The total variation distance of each group's distribution from the
+    uniform one over its K candidates, divided by its largest possible
+    value 1 - 1/K, averaged over groups: 0 when every group is still
+    uniform (the search did not move), 1 when every group is sure of one
+    candidate.
+
+    Example:
+
+    >>> distance_from_uniform([[0.25] * 4, [1.0, 0.0, 0.0, 0.0]])
+    0.5
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    k = probabilities.shape[1]
+    total_variation = 0.5 * np.abs(probabilities - 1.0 / k).sum(axis=1)
+    return float(np.mean(total_variation / (1.0 - 1.0 / k)))
+
+
 def _tails(probabilities):
     """P(bits >= candidate k) per group and candidate; 1 for the first."""
     probabilities = np.asarray(probabilities, np.float64)

@@ -1,6 +1,7 @@
 """MPECallback: the phase schedule, learning behaviour, resume, errors."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -199,6 +200,29 @@ class ScheduleTest(tf.test.TestCase):
         # Rewound at the selection to the table this fit started from,
         # not to the one the layer was built with.
         self.assertAllEqual(start, recorder.states["begin", 2]["table"])
+
+    def test_warns_when_the_search_did_not_move(self):
+        keras.utils.set_random_seed(0)
+        ids, labels = testing_utils.zipf_ctr(rows=1000)
+        data = testing_utils.dataset(ids, labels)
+        for temperature, warns in ((1e4, True), (0.01, False)):
+            layer = keras_mpe.MixedPrecisionEmbedding(
+                1000, 4, num_groups=4, bit_penalty=1e-2, temperature=temperature
+            )
+            model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+            callback = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.fit(data, epochs=3, verbose=0, callbacks=[callback])
+            messages = [
+                str(w.message)
+                for w in caught
+                if "close to uniform" in str(w.message)
+            ]
+            self.assertLen(messages, int(warns), msg=temperature)
+            if warns:
+                self.assertRegex(messages[0], r"distance from uniform 0\.0")
+                self.assertIn("temperature (now 10000)", messages[0])
 
     def test_a_second_fit_with_the_callback_searches_anew(self):
         keras.utils.set_random_seed(0)

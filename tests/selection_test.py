@@ -122,6 +122,16 @@ class SelectionTest(tf.test.TestCase):
                     raised[group:] = np.maximum(raised[group:], bits[group] + 1)
                     self.assertGreater(np.dot(raised - bits, rows), room)
 
+    def test_distance_from_uniform_golden(self):
+        uniform, sure = [0.25] * 4, [0.0, 0.0, 1.0, 0.0]
+        self.assertAllClose(0.0, selection.distance_from_uniform([uniform]))
+        self.assertAllClose(1.0, selection.distance_from_uniform([sure]))
+        # TV of [0.5, 0.5, 0, 0] is 0.5, over its maximum 0.75.
+        half = [0.5, 0.5, 0.0, 0.0]
+        self.assertAllClose(
+            (0 + 2 / 3) / 2, selection.distance_from_uniform([uniform, half])
+        )
+
     def test_bad_input(self):
         with self.assertRaisesRegex(ValueError, "target_bits=0.5"):
             selection.budget_bits(PROBABILITIES, (1, 2, 4, 8), [1] * 4, 0.5)

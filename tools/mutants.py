@@ -74,6 +74,8 @@ FREQUENCY = "tests/frequency_test.py::"
 PACKING = "tests/packing_test.py::PackingTest::"
 QUANTIZER = "tests/quantizer_test.py::QuantizerTest::"
 SELECTION = "tests/selection_test.py::SelectionTest::"
+IDS = "tests/ids_test.py::"
+IDS_EMBEDDING = "tests/embedding_test.py::BadInputTest::"
 
 PATCHES = (
     # The schedule (callback.py) and serving (export.py).
@@ -322,6 +324,39 @@ PATCHES = (
         "local[None, :] <= own_word,",
         (FIXED_BIT + "test_both_indexes_exact_for_any_id_order",),
         "the rank index counts rows after the id in its own word",
+    ),
+    # The ids a layer takes (ids.py).
+    Patch(
+        "ids-cast-before-the-check",
+        "keras_mpe/ids.py",
+        "wide = tf.cast(ids, tf.int64)",
+        "wide = tf.cast(tf.cast(ids, tf.int32), tf.int64)",
+        (IDS_EMBEDDING + "test_ids_out_of_range_eager",),
+        "an int64 id 2^32 + 5 wraps to row 5 instead of failing",
+    ),
+    Patch(
+        "padding-pooled-by-mean",
+        "keras_mpe/ids.py",
+        "weights = tf.cast(tf.not_equal(ids, 0), rows.dtype)",
+        "weights = tf.ones_like(ids, rows.dtype)",
+        (IDS + "CombinerTest::test_golden_pools",),
+        "mean and sqrtn divide by the padding too",
+    ),
+    Patch(
+        "sqrtn-not-rooted",
+        "keras_mpe/ids.py",
+        "counts = tf.sqrt(counts)",
+        "counts = counts",
+        (IDS + "CombinerTest::test_golden_pools",),
+        "sqrtn pools like mean",
+    ),
+    Patch(
+        "padding-counted",
+        "keras_mpe/ids.py",
+        "ids = tf.boolean_mask(ids, tf.not_equal(ids, 0))",
+        "ids = ids",
+        (IDS + "PaddingCountTest::test_padding_is_not_counted",),
+        "padding counts as the most frequent id and takes the most bits",
     ),
 )
 
