@@ -292,6 +292,12 @@ def main(argv):
         serving_model, args.export_dir, overwrite=True
     )
     served = serving_model.evaluate(data[2], return_dict=True, verbose=0)
+    picture = os.path.join(os.path.dirname(path), "bits_per_group.png")
+    try:
+        keras_mpe.compression_report(serving_model).plot(picture)
+        print(f"bits per group against lookups drawn in {picture}")
+    except ImportError as error:
+        print(f"no picture of the bits per group: {error}")
     print(f"SavedModel written to {path}; serve it with")
     print(
         "  tensorflow_model_server --rest_api_port=8501 --model_name=criteo_ctr"

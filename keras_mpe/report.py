@@ -82,6 +82,54 @@ class CompressionReport:
             }
         return result
 
+    def plot(self, path=None):
+        """Draws each table's bits per group against lookups per row.
+
+        One line per layer, a point per frequency group (x: the group's
+        lookups per row, log scale; y: its bits), the picture of where
+        the bits went. Needs matplotlib (`pip install "keras-mpe[plots]"`).
+
+        Args:
+            path: String or None. Where to save the figure (PNG by the
+                file's extension); None only returns it.
+
+        Returns:
+            The matplotlib `Figure`.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as error:
+            raise ImportError(
+                "CompressionReport.plot needs matplotlib: "
+                'pip install "keras-mpe[plots]"'
+            ) from error
+        figure = Figure(figsize=(6.4, 4.0))
+        axes = figure.subplots()
+        for layer in self.layers:
+            if not layer.groups:
+                continue
+            rows = np.maximum(np.asarray(layer.groups["rows"], float), 1)
+            per_row = np.asarray(layer.groups["count"], float) / rows
+            # Groups never looked up sit at the left edge of the log axis.
+            floor = per_row[per_row > 0].min() / 2 if per_row.any() else 1
+            axes.plot(
+                np.maximum(per_row, floor),
+                layer.groups["bits"],
+                marker="o",
+                markersize=3,
+                label=f"{layer.name} ({layer.payload_compression:.1f}x)",
+            )
+        axes.set_xscale("log")
+        axes.set_xlabel("lookups per row in the group (frequency data)")
+        axes.set_ylabel("bits per element")
+        axes.set_title("Chosen bits per frequency group")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=120)
+        return figure
+
     def __str__(self) -> str:
         width = max([5] + [len(layer.name) for layer in self.layers])
         lines = [

@@ -40,6 +40,9 @@ def test_criteo_ctr_trains_converts_and_exports(tmp_path):
     average = float(re.search(r"search outcome: (\S+) bits", out).group(1))
     assert 1.2 < average <= 1.5, average
     assert "rows per bits" in out  # the compression report
+    # The picture of the bits per group, next to the export.
+    assert (export.parent / "bits_per_group.png").exists()
+    assert f"drawn in {export.parent / 'bits_per_group.png'}" in out
     retrained = re.search(r"MPE \(retrained\): AUC (\S+)", out).group(1)
     converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)
     assert retrained == converted

@@ -125,6 +125,22 @@ class ReportTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "needs original_model"):
             keras_mpe.compression_report(served, data=data)
 
+    def test_plot(self):
+        pytest.importorskip("matplotlib")
+        report = keras_mpe.compression_report(keras_mpe.convert(functional()))
+        path = os.path.join(self.get_temp_dir(), "bits.png")
+        figure = report.plot(path)
+        with open(path, "rb") as png:
+            self.assertEqual(b"\x89PNG", png.read(4))
+        (axes,) = figure.axes
+        (line,) = axes.get_lines()
+        self.assertEqual([0, 1, 3, 5, 6], list(line.get_ydata()))
+        # Lookups per row of the five groups of 100 ids (counts 499..0).
+        rows = np.arange(500)[::-1].reshape(5, 100)[::-1]
+        expected = rows.sum(axis=1) / 100
+        self.assertAllClose(expected, line.get_xdata())
+        self.assertEqual("log", axes.get_xscale())
+
 
 def _signature(path):
     loaded = tf.saved_model.load(path)
