@@ -315,6 +315,39 @@ class ExportLookupTest(tf.test.TestCase):
                 outputs = predict(path, {"raw": raw}, self.get_temp_dir())
                 testing_utils.assert_same_predictions(expected, outputs)
 
+    def test_hashing_and_discretization(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(
+            16, 4, num_groups=2, bit_penalty=0.0
+        )
+        layer.set_frequencies(np.arange(16)[::-1])
+        layer.fix_bits([1, 4])
+        raw = keras.Input((3,), dtype="string", name="raw")
+        price = keras.Input((1,), dtype="float32", name="price")
+        hashed = layer(keras.layers.Hashing(num_bins=16)(raw))
+        buckets = keras.layers.Discretization(bin_boundaries=[0.0, 1.0])(price)
+        x = keras.layers.Concatenate()(
+            [
+                keras.layers.Flatten()(hashed),
+                keras.layers.Flatten()(keras.layers.Embedding(3, 2)(buckets)),
+            ]
+        )
+        model = keras.Model([raw, price], keras.layers.Dense(1)(x))
+        feeds = {
+            "raw": np.array([["a", "b", "zz"], ["c", "a", "a"]]),
+            "price": np.array([[0.5], [20.0]], np.float32),
+        }
+        expected = model.predict(
+            {k: tf.constant(v) for k, v in feeds.items()}, verbose=0
+        )
+        path = os.path.join(self.get_temp_dir(), "hashed", "1")
+        keras_mpe.export_saved_model(keras_mpe.convert(model), path)
+        for predict in (
+            serving.predict_in_fresh_process,
+            serving.predict_with_cpp_loader,
+        ):
+            outputs = predict(path, feeds, self.get_temp_dir())
+            testing_utils.assert_same_predictions(expected, outputs)
+
     def test_subclassed_model_signature_from_its_first_call(self):
         model = keras_mpe.convert(Subclassed())
         expected = model({"ids": IDS})
