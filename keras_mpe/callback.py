@@ -18,6 +18,7 @@ Every step is decided from the epoch index and the layers' own state, so a
 `fit` resumed from a checkpoint with `initial_epoch` picks up where it was.
 """
 
+import numbers
 import warnings
 
 import numpy as np
@@ -83,6 +84,18 @@ class MPECallback(keras.callbacks.Callback):
             the start of training before retraining (reference).
         reset_optimizer: Boolean. Zero the optimizer state (all but the
             learning rate) before retraining.
+        max_metric_drop: Non-negative number or None. Name the accuracy
+            instead of the size: at selection, the smallest size budget
+            (bits per element, from `budget_levels`) whose monitored
+            validation metric, measured on `validation_data` with the
+            chosen bits before retraining, is within this much of the best
+            search epoch's (below it for "max" metrics, above it for "min"
+            ones such as a loss). Needs `monitor="val_<metric>"` and
+            `validation_data`; replaces `target_bits`. The sizes tried, their
+            metric and whether it held are kept in `budget_trials`; when no
+            size holds, the largest is taken.
+        validation_data: Dataset of `(x, y)` batches, as given to `fit`'s
+            `validation_data`; used by `max_metric_drop` only.
         verbose: Integer. 1 prints the counting and selection outcome.
     """
 
@@ -96,6 +109,8 @@ class MPECallback(keras.callbacks.Callback):
         target_bits=None,
         monitor=None,
         mode: str = "auto",
+        max_metric_drop=None,
+        validation_data=None,
         rewind_embeddings: bool = True,
         reset_optimizer: bool = True,
         verbose: int = 1,
@@ -128,6 +143,21 @@ class MPECallback(keras.callbacks.Callback):
                 "`mode` must be 'auto', 'min' or 'max'. "
                 f"Received: mode={mode!r}"
             )
+        _check_metric_drop(max_metric_drop, monitor, validation_data)
+        if max_metric_drop is not None and target_bits is not None:
+            raise ValueError(
+                "`max_metric_drop` and `target_bits` both set the size; give "
+                f"one. Received: max_metric_drop={max_metric_drop}, "
+                f"target_bits={target_bits}"
+            )
+        if max_metric_drop is not None and selection != "threshold":
+            raise ValueError(
+                "`max_metric_drop` chooses the bits with its own rule; leave "
+                f"`selection` at 'threshold'. Received: selection={selection!r}"
+            )
+        self.max_metric_drop = max_metric_drop
+        self.validation_data = validation_data
+        self.budget_trials = []
         self.frequency_data = frequency_data
         self.search_epochs = search_epochs
         self.warmup_epochs = warmup_epochs
@@ -223,6 +253,48 @@ class MPECallback(keras.callbacks.Callback):
                     f"{layer.input_dim} ids into {layer.num_groups} groups"
                 )
 
+    def _budget_within_metric_drop(self, reference):
+        """The smallest size budget whose validation metric, measured
+        with the chosen bits before retraining, stays within
+        `max_metric_drop` of the best search epoch's (binary search over
+        `budget_levels`: a larger budget is assumed no worse)."""
+        key = self.monitor[len("val_") :]
+        candidates = {b for layer in self.layers for b in layer.bit_candidates}
+        levels = budget_levels(candidates)
+        sign = 1.0 if self.mode == "max" else -1.0
+
+        def holds(level):
+            for layer in self.layers:
+                layer.fix_bits(layer.select_bits(target_bits=level))
+            scores = self.model.evaluate(
+                self.validation_data, verbose=0, return_dict=True
+            )
+            if key not in scores:
+                raise ValueError(
+                    f"MPECallback: `monitor={self.monitor!r}` needs "
+                    f"'{key}' from model.evaluate; it gave {sorted(scores)}"
+                )
+            ok = sign * (scores[key] - reference) >= -self.max_metric_drop
+            self.budget_trials.append((level, float(scores[key]), bool(ok)))
+            return ok
+
+        low, high = 0, len(levels) - 1  # levels[high]: the fallback
+        while low < high:
+            middle = (low + high) // 2
+            if holds(levels[middle]):
+                high = middle
+            else:
+                low = middle + 1
+        self.model.reset_metrics()  # the epoch's training metrics start clean
+        if self.verbose:
+            print(
+                f"MPECallback: {self.monitor} of the best search epoch "
+                f"{reference:.5f}; tried (bits per element, {key}, within "
+                f"{self.max_metric_drop}): {self.budget_trials}; "
+                f"chose {levels[low]:.3f} bits per element"
+            )
+        return levels[low]
+
     def _remember_if_best(self, logs):
         value = logs.get(self.monitor)
         if value is None:
@@ -239,12 +311,17 @@ class MPECallback(keras.callbacks.Callback):
                 layer.keep_search_state(value)
 
     def _select(self):
+        best = self.layers[0].kept_score  # restoring forgets it
         for layer in self.layers:
             if layer.kept_score is not None:
                 layer.restore_search_state()
             _warn_if_unmoved(layer)
+        target_bits = self.target_bits
+        if self.max_metric_drop is not None:
+            target_bits = self._budget_within_metric_drop(best)
+        for layer in self.layers:
             layer.fix_bits(
-                layer.select_bits(self.selection, self.seed, self.target_bits)
+                layer.select_bits(self.selection, self.seed, target_bits)
             )
             if self.rewind_embeddings:
                 layer.rewind()
@@ -258,6 +335,49 @@ class MPECallback(keras.callbacks.Callback):
                 )
         if self.reset_optimizer and self.model.optimizer is not None:
             _reset_optimizer(self.model.optimizer)
+
+
+def _check_metric_drop(max_metric_drop, monitor, validation_data):
+    """Raises a ValueError unless `max_metric_drop` can be honoured."""
+    if max_metric_drop is None:
+        return
+    if (
+        isinstance(max_metric_drop, bool)
+        or not isinstance(max_metric_drop, numbers.Real)
+        or not 0 <= max_metric_drop < float("inf")
+    ):
+        raise ValueError(
+            "`max_metric_drop` must be a non-negative number (how much of "
+            "the monitored validation metric the compression may cost). "
+            f"Received: max_metric_drop={max_metric_drop!r}"
+        )
+    if not (monitor or "").startswith("val_"):
+        raise ValueError(
+            "`max_metric_drop` needs a validation metric to hold: "
+            "monitor='val_<metric>' (e.g. 'val_auc', 'val_loss'). "
+            f"Received: monitor={monitor!r}"
+        )
+    if validation_data is None:
+        raise ValueError(
+            "`max_metric_drop` needs `validation_data` (the data given to "
+            "fit's validation_data), to measure candidate sizes on. "
+            "Received: validation_data=None"
+        )
+
+
+def budget_levels(bit_candidates) -> list:
+    """Size budgets (bits per element) to try, from the smallest.
+
+    Steps of a factor sqrt(2) from the largest candidate down to 1/64
+    bit, and the smallest candidate (0 when pruning is allowed).
+    """
+    largest, smallest = max(bit_candidates), min(bit_candidates)
+    levels = {float(smallest)}
+    step = 0
+    while largest / 2 ** (step / 2) >= max(smallest, 1 / 64):
+        levels.add(largest / 2 ** (step / 2))
+        step += 1
+    return sorted(levels)
 
 
 # Below this, the distributions are too close to uniform for the choice

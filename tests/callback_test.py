@@ -412,6 +412,93 @@ class BackupAndRestoreTest(tf.test.TestCase):
         self.assertNotAllEqual(bits, fit(best_epoch=3)[0])
 
 
+class MetricDropTest(tf.test.TestCase):
+    """`max_metric_drop`: the smallest size whose validation metric holds."""
+
+    def _fit(self, monitor, drop):
+        keras.utils.set_random_seed(0)
+        ids, labels = testing_utils.zipf_ctr(rows=2000)
+        train = testing_utils.dataset(ids[:1500], labels[:1500])
+        valid = testing_utils.dataset(ids[1500:], labels[1500:])
+        layer = keras_mpe.MixedPrecisionEmbedding(
+            1000, 4, num_groups=8, bit_penalty=1e-2, temperature=0.01
+        )
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        callback = keras_mpe.MPECallback(
+            train,
+            search_epochs=3,
+            monitor=monitor,
+            max_metric_drop=drop,
+            validation_data=valid,
+            verbose=0,
+        )
+        history = model.fit(
+            train,
+            validation_data=valid,
+            epochs=4,
+            verbose=0,
+            callbacks=[callback],
+        )
+        return layer, callback, history.history[monitor]
+
+    def test_smallest_size_within_the_drop(self):
+        for monitor, pick in (("val_auc", max), ("val_loss", min)):
+            layer, callback, values = self._fit(monitor, 0.01)
+            best = pick(values[1:3])  # the search epochs
+            sign = 1.0 if pick is max else -1.0
+            trials = callback.budget_trials
+            self.assertGreaterEqual(len(trials), 3)
+            for _, value, held in trials:
+                self.assertEqual(sign * (value - best) >= -0.01, held)
+            # The size chosen is the smallest that held; every smaller size
+            # tried failed.
+            held = [level for level, _, ok in trials if ok]
+            chosen = min(held) if held else max(t[0] for t in trials)
+            self.assertLessEqual(layer.average_bits(), chosen + 1e-9)
+            failed = [level for level, _, ok in trials if not ok]
+            self.assertTrue(all(level < chosen for level in failed), trials)
+        # Any drop allowed: the smallest size, here 0 bits (all pruned).
+        loose, _, _ = self._fit("val_auc", 1.0)
+        self.assertEqual(0.0, loose.average_bits())
+
+    def test_budget_levels_golden(self):
+        levels = keras_mpe.callback.budget_levels((0, 2, 6))
+        self.assertEqual(0.0, levels[0])
+        self.assertGreaterEqual(levels[1], 1 / 64)
+        self.assertAllClose(
+            [1.5, 3 / np.sqrt(2), 3.0, 6 / np.sqrt(2), 6.0], levels[-5:]
+        )
+        self.assertAllClose(
+            [1.0, np.sqrt(2), 2.0], keras_mpe.callback.budget_levels((1, 2))
+        )
+
+    def test_bad_input(self):
+        data = testing_utils.dataset(*testing_utils.zipf_ctr(rows=64))
+        cases = [
+            (dict(max_metric_drop=-0.1), "max_metric_drop=-0.1"),
+            (dict(max_metric_drop="0.1"), "max_metric_drop='0.1'"),
+            (dict(max_metric_drop=float("nan")), "max_metric_drop=nan"),
+            (dict(max_metric_drop=0.1), "monitor=None"),
+            (dict(max_metric_drop=0.1, monitor="auc"), "monitor='auc'"),
+            (
+                dict(max_metric_drop=0.1, monitor="val_auc"),
+                "validation_data=None",
+            ),
+            (
+                dict(
+                    max_metric_drop=0.1,
+                    monitor="val_auc",
+                    validation_data=data,
+                    target_bits=1.0,
+                ),
+                "both set the size",
+            ),
+        ]
+        for kwargs, message in cases:
+            with self.assertRaisesRegex(ValueError, message):
+                keras_mpe.MPECallback(data, **kwargs)
+
+
 class BadInputTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
