@@ -13,6 +13,7 @@ cross layers) in front of the MLP.
     python examples/criteo_ctr.py
     python examples/criteo_ctr.py --model dcn --export-dir /tmp/ctr/1
     python examples/criteo_ctr.py --target-bits 0.32  # 100x, named
+    python examples/criteo_ctr.py --max-metric-drop 0.002  # AUC, named
     python examples/criteo_ctr.py --batch-size 250 --bit-penalty 3e-3 \
         --criteo ../shared/data/criteo/criteo_dac_head8000.txt
 """
@@ -105,6 +106,14 @@ def define_flags():
         "A size budget in average bits per element (32 / compression, e.g. "
         "0.32 for 100x) that replaces the threshold rule. Unset: the "
         "threshold rule sets the size.",
+    )
+    flags.DEFINE_float(
+        "max-metric-drop",
+        None,
+        "The validation AUC the compression may cost, measured before "
+        "retraining: the smallest size within it is chosen (replaces "
+        "--target-bits). Unset: the threshold rule or --target-bits sets "
+        "the size.",
     )
     flags.DEFINE_float("learning-rate", 1e-3, "Adam learning rate.")
     flags.DEFINE_integer(
@@ -266,6 +275,8 @@ def main(argv):
         search_epochs=args.search_epochs,
         target_bits=args.target_bits,
         monitor="val_auc",
+        max_metric_drop=args.max_metric_drop,
+        validation_data=data[1],
     )
     model, mpe_scores, mpe_seconds = train(
         mpe, data, args, [callback], first_kept_epoch=args.search_epochs

@@ -54,6 +54,19 @@ def test_criteo_ctr_trains_converts_and_exports(tmp_path):
 
 
 @pytest.mark.slow
+def test_criteo_ctr_names_the_auc_drop(tmp_path):
+    out = _run(
+        "criteo_ctr.py",
+        *("--rows", "6000", "--max-cardinality", "300", "--epochs", "3"),
+        *("--search-epochs", "2", "--batch-size", "500"),
+        *("--export-dir", str(tmp_path / "1"), "--max-metric-drop", "0.01"),
+    )
+    chosen = float(re.search(r"chose (\S+) bits per element", out).group(1))
+    average = float(re.search(r"search outcome: (\S+) bits", out).group(1))
+    assert average <= chosen + 1e-6, (average, chosen)
+
+
+@pytest.mark.slow
 @testing_utils.needs_legacy_keras
 def test_tfrs_movielens_on_a_small_ratings_file(tmp_path):
     rng = np.random.default_rng(0)
