@@ -93,6 +93,16 @@ def in_xla_compilation() -> bool:
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
+def print_msg(message: str):
+    """Prints as Keras prints its own messages: to stdout, or to absl
+    logging (INFO) after `disable_interactive_logging()`."""
+    if IS_KERAS_3:
+        from keras.src.utils import io_utils
+    else:
+        from tf_keras.src.utils import io_utils
+    io_utils.print_msg(message)
+
+
 def sublayers(model) -> list:
     """Every layer nested inside `model` (not `model` itself)."""
     return list(model._flatten_layers(include_self=False))

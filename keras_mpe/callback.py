@@ -96,7 +96,11 @@ class MPECallback(keras.callbacks.Callback):
             size holds, the largest is taken.
         validation_data: Dataset of `(x, y)` batches, as given to `fit`'s
             `validation_data`; used by `max_metric_drop` only.
-        verbose: Integer. 1 prints the counting and selection outcome.
+        verbose: Integer. 1 shows a progress bar for the counting pass and
+            prints its outcome and the selection's, as Keras prints (to
+            absl logging after `keras.config.disable_interactive_logging()`
+            or `tf.keras.utils.disable_interactive_logging()`); 0 is
+            silent.
     """
 
     def __init__(
@@ -237,7 +241,7 @@ class MPECallback(keras.callbacks.Callback):
 
     def _count_frequencies(self):
         counts = frequency.count_ids(
-            self.model, self.layers, self.frequency_data
+            self.model, self.layers, self.frequency_data, verbose=self.verbose
         )
         if not any(c.any() for c in counts):
             raise ValueError(
@@ -247,7 +251,7 @@ class MPECallback(keras.callbacks.Callback):
             layer.set_frequencies(layer_counts)
             if self.verbose:
                 seen = int((layer_counts > 0).sum())
-                print(
+                _compat.print_msg(
                     f"MPECallback: {layer.name}: counted "
                     f"{int(layer_counts.sum())} lookups of {seen} of "
                     f"{layer.input_dim} ids into {layer.num_groups} groups"
@@ -287,7 +291,7 @@ class MPECallback(keras.callbacks.Callback):
                 low = middle + 1
         self.model.reset_metrics()  # the epoch's training metrics start clean
         if self.verbose:
-            print(
+            _compat.print_msg(
                 f"MPECallback: {self.monitor} of the best search epoch "
                 f"{reference:.5f}; tried (bits per element, {key}, within "
                 f"{self.max_metric_drop}): {self.budget_trials}; "
@@ -327,7 +331,7 @@ class MPECallback(keras.callbacks.Callback):
                 layer.rewind()
             if self.verbose:
                 bits = layer.average_bits()
-                print(
+                _compat.print_msg(
                     f"MPECallback: {layer.name}: chosen bits per group "
                     f"(rarest first) {layer.bits_per_group().tolist()}"
                     f"; {bits:.3f} bits per element, "

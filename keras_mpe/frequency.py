@@ -154,6 +154,17 @@ def _check_batched(model, inputs):
         )
 
 
+def _batches(dataset):
+    """The number of batches of `dataset`, or None where unknown."""
+    if isinstance(dataset, tf.data.Dataset):
+        batches = int(dataset.cardinality())
+        return batches if batches >= 0 else None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
 def _spec(inputs):
     """Shapes and dtypes of a nested structure, for messages."""
     return tf.nest.map_structure(
@@ -161,7 +172,7 @@ def _spec(inputs):
     )
 
 
-def count_ids(model, layers, dataset) -> list:
+def count_ids(model, layers, dataset, verbose: int = 0) -> list:
     """Counts how often each row of each layer is looked up over `dataset`.
 
     Args:
@@ -169,6 +180,7 @@ def count_ids(model, layers, dataset) -> list:
         layers: The MixedPrecisionEmbedding layers to count for.
         dataset: Iterable of batches, as given to `model.fit`: `x`,
             `(x, y)` or `(x, y, sample_weight)`.
+        verbose: Integer. 1 shows a Keras progress bar of the batches.
 
     Returns:
         One int64 array `(layer.input_dim,)` of counts per layer.
@@ -200,6 +212,9 @@ def count_ids(model, layers, dataset) -> list:
             return batch_counts
 
         total_batches = 0
+        progress = _compat.keras.utils.Progbar(
+            _batches(dataset), verbose=verbose, unit_name="batch"
+        )
         for batch in dataset:
             inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
             if total_batches == 0:
@@ -218,4 +233,5 @@ def count_ids(model, layers, dataset) -> list:
                 counts, batch_counts, strict=True
             ):
                 total[unique.numpy()] += count.numpy()
+            progress.add(1)
     return counts

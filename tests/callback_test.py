@@ -1,5 +1,7 @@
 """MPECallback: the phase schedule, learning behaviour, resume, errors."""
 
+import contextlib
+import io
 import os
 import warnings
 
@@ -223,6 +225,29 @@ class ScheduleTest(tf.test.TestCase):
             if warns:
                 self.assertRegex(messages[0], r"distance from uniform 0\.0")
                 self.assertIn("temperature (now 10000)", messages[0])
+
+    def test_messages_print_as_keras_prints(self):
+        ids, labels = testing_utils.zipf_ctr(rows=512)
+        data = testing_utils.dataset(ids, labels)
+        if _compat.IS_KERAS_3:
+            switches = keras.config
+        else:
+            switches = keras.utils
+        for interactive in (True, False):
+            layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=4)
+            model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+            callback = keras_mpe.MPECallback(data, search_epochs=1, verbose=1)
+            out = io.StringIO()
+            if not interactive:
+                switches.disable_interactive_logging()
+            try:
+                with contextlib.redirect_stdout(out):
+                    model.fit(data, epochs=2, verbose=0, callbacks=[callback])
+            finally:
+                switches.enable_interactive_logging()
+            printed = "MPECallback: " in out.getvalue()
+            # To stdout, or to absl logging when Keras' is turned off.
+            self.assertEqual(interactive, printed, out.getvalue()[-500:])
 
     def test_a_second_fit_with_the_callback_searches_anew(self):
         keras.utils.set_random_seed(0)

@@ -1,5 +1,8 @@
 """Frequency grouping (golden values) and counting through a model."""
 
+import contextlib
+import io
+
 import numpy as np
 import tensorflow as tf
 
@@ -127,6 +130,22 @@ class CountingTest(tf.test.TestCase):
             ValueError, r"`frequency_data` must yield batches.*int64\[\]"
         ):
             frequency.count_ids(model, [layer], unbatched)
+
+    def test_progress_bar_follows_verbose(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
+        inputs = keras.Input((3,), dtype="int32")
+        model = keras.Model(inputs, keras.layers.Flatten()(layer(inputs)))
+        data = tf.data.Dataset.from_tensor_slices(
+            np.array([[1, 2, 2], [9, 9, 9]], np.int32)
+        ).batch(1)
+        for verbose in (0, 1):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                frequency.count_ids(model, [layer], data, verbose=verbose)
+            if verbose:
+                self.assertIn("2/2", out.getvalue())
+            else:
+                self.assertEqual("", out.getvalue())
 
     def test_counting_costs_no_training_state(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
