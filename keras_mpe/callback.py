@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from keras_mpe import _compat
 from keras_mpe import frequency
+from keras_mpe import summaries
 from keras_mpe.embedding import Phase
 from keras_mpe.model_layers import find_layers
 from keras_mpe.selection import SELECTION_RULES
@@ -96,6 +97,11 @@ class MPECallback(keras.callbacks.Callback):
             size holds, the largest is taken.
         validation_data: Dataset of `(x, y)` batches, as given to `fit`'s
             `validation_data`; used by `max_metric_drop` only.
+        log_dir: String or None. A TensorBoard log folder (the one given to
+            `keras.callbacks.TensorBoard`, if any): per epoch, under
+            `<log_dir>/mpe`, the bits and compression, each layer's
+            expected bits per group during the search and an image of the
+            chosen bits per group (see `summaries.py`). Needs tensorboard.
         verbose: Integer. 1 shows a progress bar for the counting pass and
             prints its outcome and the selection's, as Keras prints (to
             absl logging after `keras.config.disable_interactive_logging()`
@@ -115,6 +121,7 @@ class MPECallback(keras.callbacks.Callback):
         mode: str = "auto",
         max_metric_drop=None,
         validation_data=None,
+        log_dir=None,
         rewind_embeddings: bool = True,
         reset_optimizer: bool = True,
         verbose: int = 1,
@@ -159,6 +166,10 @@ class MPECallback(keras.callbacks.Callback):
                 "`max_metric_drop` chooses the bits with its own rule; leave "
                 f"`selection` at 'threshold'. Received: selection={selection!r}"
             )
+        if log_dir is not None:
+            summaries.check_tensorboard()
+        self.log_dir = log_dir
+        self._summaries = None
         self.max_metric_drop = max_metric_drop
         self.validation_data = validation_data
         self.budget_trials = []
@@ -228,6 +239,10 @@ class MPECallback(keras.callbacks.Callback):
         logs["mpe_phase"] = int(self.layers[0].phase)
         logs["mpe_bits"] = bits
         logs["mpe_compression"] = 32.0 / bits if bits else float("inf")
+        if self.log_dir is not None:
+            if self._summaries is None:
+                self._summaries = summaries.SearchSummaries(self.log_dir)
+            self._summaries.write(epoch, self.layers, bits)
         searching = self.warmup_epochs <= epoch < self.search_epochs
         if searching and self.monitor:
             self._remember_if_best(logs)

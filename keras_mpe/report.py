@@ -96,36 +96,16 @@ class CompressionReport:
         Returns:
             The matplotlib `Figure`.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as error:
-            raise ImportError(
-                "CompressionReport.plot needs matplotlib: "
-                'pip install "keras-mpe[plots]"'
-            ) from error
-        figure = Figure(figsize=(6.4, 4.0))
-        axes = figure.subplots()
-        for layer in self.layers:
-            if not layer.groups:
-                continue
-            rows = np.maximum(np.asarray(layer.groups["rows"], float), 1)
-            per_row = np.asarray(layer.groups["count"], float) / rows
-            # Groups never looked up sit at the left edge of the log axis.
-            floor = per_row[per_row > 0].min() / 2 if per_row.any() else 1
-            axes.plot(
-                np.maximum(per_row, floor),
-                layer.groups["bits"],
-                marker="o",
-                markersize=3,
-                label=f"{layer.name} ({layer.payload_compression:.1f}x)",
-            )
-        axes.set_xscale("log")
-        axes.set_xlabel("lookups per row in the group (frequency data)")
-        axes.set_ylabel("bits per element")
-        axes.set_title("Chosen bits per frequency group")
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
+        figure = plot_groups(
+            [
+                (
+                    f"{layer.name} ({layer.payload_compression:.1f}x)",
+                    layer.groups,
+                )
+                for layer in self.layers
+                if layer.groups
+            ]
+        )
         if path is not None:
             figure.savefig(path, dpi=120)
         return figure
@@ -156,6 +136,46 @@ class CompressionReport:
                 f"after {self.metric_after:.5f}"
             )
         return "\n".join(lines)
+
+
+def plot_groups(tables) -> "matplotlib.figure.Figure":  # noqa: F821
+    """Bits per group against lookups per row, one line per table.
+
+    Args:
+        tables: `(label, groups)` pairs; `groups` holds per-group
+            sequences "bits", "rows" and "count" (group 0 the rarest).
+
+    Returns:
+        A matplotlib `Figure` (matplotlib is an optional extra).
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            'Plotting needs matplotlib: pip install "keras-mpe[plots]"'
+        ) from error
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.subplots()
+    for label, groups in tables:
+        rows = np.maximum(np.asarray(groups["rows"], float), 1)
+        per_row = np.asarray(groups["count"], float) / rows
+        # Groups never looked up sit at the left edge of the log axis.
+        floor = per_row[per_row > 0].min() / 2 if per_row.any() else 1
+        axes.plot(
+            np.maximum(per_row, floor),
+            groups["bits"],
+            marker="o",
+            markersize=3,
+            label=label,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("lookups per row in the group (frequency data)")
+    axes.set_ylabel("bits per element")
+    axes.set_title("Chosen bits per frequency group")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
 
 
 def _layer_report(layer) -> LayerReport:

@@ -249,6 +249,39 @@ class ScheduleTest(tf.test.TestCase):
             # To stdout, or to absl logging when Keras' is turned off.
             self.assertEqual(interactive, printed, out.getvalue()[-500:])
 
+    def test_tensorboard_summaries(self):
+        pytest.importorskip("tensorboard")
+        pytest.importorskip("matplotlib")
+        ids, labels = testing_utils.zipf_ctr(rows=512)
+        data = testing_utils.dataset(ids, labels)
+        layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=4)
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        log_dir = os.path.join(self.get_temp_dir(), "logs")
+        callback = keras_mpe.MPECallback(
+            data, search_epochs=2, log_dir=log_dir, verbose=0
+        )
+        history = model.fit(data, epochs=3, verbose=0, callbacks=[callback])
+        tags = {}
+        folder = os.path.join(log_dir, "mpe")
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    tags.setdefault(value.tag, []).append((event.step, value))
+        steps = {
+            tag: [step for step, _ in found] for tag, found in tags.items()
+        }
+        self.assertEqual([0, 1, 2], steps["mpe_bits"])
+        self.assertEqual([0, 1, 2], steps["mpe_compression"])
+        self.assertEqual([1], steps[f"{layer.name}/expected_bits"])
+        self.assertEqual([2], steps[f"{layer.name}/bits_per_group"])
+        bits = [tf.make_ndarray(value.tensor) for _, value in tags["mpe_bits"]]
+        self.assertAllClose(history.history["mpe_bits"], bits)
+        # The image is a PNG of some size.
+        _, image = tags[f"{layer.name}/bits_per_group"][0]
+        png = tf.make_ndarray(image.tensor)[2]
+        self.assertEqual(b"\x89PNG", png[:4])
+
     def test_a_second_fit_with_the_callback_searches_anew(self):
         keras.utils.set_random_seed(0)
         _, data, layer, model = self._ctr_setup()
