@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import testing_utils
 
+from keras_mpe import _compat
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -94,6 +96,31 @@ def test_tfrs_movielens_on_a_small_ratings_file(tmp_path):
     # the retraining epochs (2 and 3), never the search epoch.
     restored = re.findall(r"the end of the best epoch: (\d+)", out)
     assert len(restored) == 2 and int(restored[1]) >= 2, restored
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _compat.IS_KERAS_3,
+    reason="keras-rs layers need Keras 3 (unset TF_USE_LEGACY_KERAS)",
+)
+def test_keras_rs_ranking_trains_converts_and_exports(tmp_path):
+    pytest.importorskip(
+        "keras_rs", reason='needs keras-rs: pip install -e ".[keras-rs]"'
+    )
+    export = tmp_path / "ranking" / "1"
+    out = _run(
+        "keras_rs_ranking.py",
+        *("--rows", "6000", "--max-cardinality", "300", "--epochs", "3"),
+        *("--search-epochs", "2", "--batch-size", "500"),
+        *("--export-dir", str(export)),
+    )
+    assert (export / "saved_model.pb").exists()
+    retrained = re.search(r"MPE \(retrained\): AUC (\S+)", out).group(1)
+    converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)
+    assert retrained == converted
+    assert "served predictions match the converted model on 750 test" in out
+    compression = re.search(r"compression +: (\S+)x payload", out).group(1)
+    assert float(compression) > 1.0, compression
 
 
 @pytest.mark.parametrize(
