@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import testing_utils
 
 from keras_mpe import _compat
@@ -128,6 +129,7 @@ def test_keras_rs_ranking_trains_converts_and_exports(tmp_path):
     [
         ("criteo_ctr.py", ["--target-bits:", "--batch-size:", "'2048'"]),
         ("tfrs_movielens.py", ["--data:", "--search-epochs:", "'0.003'"]),
+        ("tfrs_retrieval.py", ["--data:", "--top-k:", "'0.01'"]),
         ("serving_client.py", ["--model-dir:", "--[no]dry-run:", "'4'"]),
     ],
 )
@@ -158,6 +160,40 @@ def test_tfrs_movielens_names_a_missing_data_folder(tmp_path):
     )
     assert result.returncode != 0
     assert f"--data {tmp_path}: no u.data there" in result.stderr
+
+
+@pytest.mark.slow
+@testing_utils.needs_legacy_keras
+def test_tfrs_retrieval_serves_the_in_process_top_k(tmp_path):
+    ratings = testing_utils.shared_file("movielens", "ml-100k", "u.data")
+    export = tmp_path / "retrieval" / "1"
+    out = _run(
+        "tfrs_retrieval.py",
+        *("--data", str(ratings.parent), "--dim", "16", "--epochs", "1"),
+        *("--search-epochs", "2", "--num-groups", "8"),
+        *("--batch-size", "2048", "--export-dir", str(export)),
+    )
+    assert (export / "saved_model.pb").exists()
+    for model in ("fp32", "MPE (retrained)"):
+        line = re.search(rf"^{re.escape(model)} *: (.*)$", out, re.M)
+        assert line, (model, out[-3000:])
+        recalls = [float(r) for r in re.findall(r"@\d+ (\S+)", line[1])]
+        assert len(recalls) == 3 and recalls == sorted(recalls), recalls
+        assert recalls[2] > 0.15, recalls  # at random: 100 / 1653 movies
+    compressions = re.findall(r"(\S+)x payload compression", out)
+    assert len(compressions) == 2, out[-3000:]  # the user and movie towers
+    assert all(float(x) > 1.0 for x in compressions), compressions
+    assert "served top-10 equals the in-process index's: True" in out
+    assert re.search(r"user 0: top-5 movie ids \[(\d+, ){4}\d+\]", out)
+    # The user table is served packed: no float matrix has a row per user
+    # (the BruteForce index is the one float matrix, a row per movie).
+    users = int(re.search(r"'user_id': (\d+)", out)[1])
+    reader = tf.train.load_checkpoint(str(export / "variables" / "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    shapes = reader.get_variable_to_shape_map()
+    floats = [shapes[k] for k, t in dtypes.items() if t == tf.float32]
+    assert [users, 16] not in floats, floats
+    assert tf.uint8 in dtypes.values(), dtypes
 
 
 def test_serving_client_dry_run_prints_the_rest_body(tmp_path):
