@@ -19,13 +19,9 @@ cross layers) in front of the MLP.
 """
 
 import os
-import tempfile
 import time
-import types
 
-from absl import app
 from absl import flags
-from absl import logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,6 +36,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command line. Defined when run as a script, not on import."""
+    import example_flags  # examples/ is first on sys.path in a script
+
     flags.DEFINE_string(
         "criteo",
         None,
@@ -54,59 +52,20 @@ def define_flags():
         "dnn: embeddings -> MLP 256-128; dcn: two DCN-v2 cross layers "
         "before the MLP.",
     )
-    flags.DEFINE_string(
-        "export-dir",
-        os.path.join(tempfile.gettempdir(), "keras_mpe", "criteo_ctr", "1"),
-        "SavedModel version folder for TF Serving (replaced if it exists).",
+    example_flags.define_export_dir("criteo_ctr")
+    example_flags.define_synthetic_data(rows=400_000)
+    example_flags.define_training(
+        epochs=4,
+        epochs_help="Training epochs of each model; for MPE the search "
+        "epochs included.",
+        search_epochs=2,
+        batch_size=2048,
+        dim=16,
+        num_groups=64,
+        bit_penalty=3e-3,
+        learning_rate=1e-3,
     )
-    flags.DEFINE_integer(
-        "rows",
-        400_000,
-        "Synthetic training rows (validation and test: rows / 8 each).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "max-cardinality",
-        20_000,
-        "Synthetic data: largest vocabulary of one categorical field.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "epochs",
-        4,
-        "Training epochs of each model; for MPE the search epochs included.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "search-epochs",
-        2,
-        "MPE epochs before the bits are chosen (float warm-up included); "
-        "the remaining epochs retrain at the chosen bits.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "batch-size", 2048, "Examples per batch.", lower_bound=1
-    )
-    flags.DEFINE_integer("dim", 16, "Embedding dimension.", lower_bound=1)
-    flags.DEFINE_integer(
-        "num-groups",
-        64,
-        "Frequency groups of the MPE table; each group learns its bits.",
-        lower_bound=1,
-    )
-    flags.DEFINE_float(
-        "bit-penalty",
-        3e-3,
-        "Weight of the bit penalty (each group's expected bits) in the "
-        "search loss; larger gives smaller tables.",
-    )
-    flags.DEFINE_float(
-        "target-bits",
-        None,
-        "A size budget in average bits per element (32 / compression, e.g. "
-        "0.32 for 100x) that replaces the threshold rule. Unset: the "
-        "threshold rule sets the size.",
-    )
+    example_flags.define_target_bits()
     flags.DEFINE_float(
         "max-metric-drop",
         None,
@@ -115,10 +74,8 @@ def define_flags():
         "--target-bits). Unset: the threshold rule or --target-bits sets "
         "the size.",
     )
-    flags.DEFINE_float("learning-rate", 1e-3, "Adam learning rate.")
-    flags.DEFINE_integer(
-        "seed", 0, "Seed of the data and of the weight initialisation."
-    )
+    # Listed by --help with this script's own flags.
+    flags.adopt_module_key_flags(example_flags)
 
 
 def load_data(args):
@@ -238,15 +195,7 @@ def train(embedding, data, args, callbacks=(), first_kept_epoch=0):
     return model, scores, seconds
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # TF's INFO logs only on request
-        logging.set_verbosity(logging.WARNING)
-    # The flags as attributes: --batch-size is args.batch_size.
-    args = types.SimpleNamespace(
-        **{k.replace("-", "_"): v for k, v in FLAGS.flag_values_dict().items()}
-    )
+def main(args):
     data = load_data(args)
     vocabulary = data[3]
     print(f"vocabulary: {vocabulary} ids, embedding dim {args.dim}")
@@ -331,4 +280,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    import example_flags
+
+    example_flags.run(main)

@@ -17,12 +17,8 @@ https://grouplens.org/datasets/movielens/100k/).
 
 import os
 import pathlib
-import tempfile
-import types
 
-from absl import app
 from absl import flags
-from absl import logging
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,53 +40,29 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The command line. Defined when run as a script, not on import."""
+    import example_flags  # examples/ is first on sys.path in a script
+
     flags.DEFINE_string(
         "data",
         str(DEFAULT_DATA),
         "The MovieLens 100K folder (ml-100k) holding u.data.",
     )
-    flags.DEFINE_integer(
-        "dim", 32, "Embedding dimension of both tables.", lower_bound=1
+    example_flags.define_export_dir("movielens_ranking")
+    example_flags.define_training(
+        epochs=3,
+        epochs_help="Training epochs of the fp32 model, and retraining "
+        "epochs of MPE after the search (MPE trains search-epochs + epochs "
+        "in all).",
+        search_epochs=3,
+        batch_size=1024,
+        batch_help="Ratings per batch.",
+        dim=32,
+        num_groups=32,
+        bit_penalty=1e-3,
+        learning_rate=3e-3,
     )
-    flags.DEFINE_integer(
-        "epochs",
-        3,
-        "Training epochs of the fp32 model, and retraining epochs of MPE "
-        "after the search (MPE trains search-epochs + epochs in all).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "search-epochs",
-        3,
-        "MPE epochs before the bits are chosen (float warm-up included).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "num-groups",
-        32,
-        "Frequency groups per MPE table; each group learns its bits.",
-        lower_bound=1,
-    )
-    flags.DEFINE_float(
-        "bit-penalty",
-        1e-3,
-        "Weight of the bit penalty (each group's expected bits) in the "
-        "search loss; larger gives smaller tables.",
-    )
-    flags.DEFINE_integer(
-        "batch-size", 1024, "Ratings per batch.", lower_bound=1
-    )
-    flags.DEFINE_float("learning-rate", 3e-3, "Adam learning rate.")
-    flags.DEFINE_integer(
-        "seed", 0, "Seed of the data split and of the weight initialisation."
-    )
-    flags.DEFINE_string(
-        "export-dir",
-        os.path.join(
-            tempfile.gettempdir(), "keras_mpe", "movielens_ranking", "1"
-        ),
-        "SavedModel version folder for TF Serving (replaced if it exists).",
-    )
+    # Listed by --help with this script's own flags.
+    flags.adopt_module_key_flags(example_flags)
 
 
 class RankingModel(tfrs.models.Model):
@@ -180,15 +152,7 @@ def train(model, data, args, epochs, callbacks=(), first_kept_epoch=0):
     return model.evaluate(data["test"], return_dict=True, verbose=0)["rmse"]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # TF's INFO logs only on request
-        logging.set_verbosity(logging.WARNING)
-    # The flags as attributes: --batch-size is args.batch_size.
-    args = types.SimpleNamespace(
-        **{k.replace("-", "_"): v for k, v in FLAGS.flag_values_dict().items()}
-    )
+def main(args):
     data, sizes = load(args)
     print(f"vocabulary sizes: {sizes}, embedding dim {args.dim}")
 
@@ -249,4 +213,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    import example_flags
+
+    example_flags.run(main)
