@@ -11,14 +11,18 @@ medians and ratios (ours / baseline). Run it in each Keras mode:
     TF_USE_LEGACY_KERAS=1 python benchmarks/training_speed.py [--jit]
 
 The project's targets: search <= 1.5x and fixed (retrain) <= 1.15x a plain
-`Embedding` step without XLA; counting <= 1.3x `model.predict`.
+`Embedding` step without XLA; counting <= 1.3x `model.predict`. The last
+line is the ratios as one JSON object (`float_ratio`, `search_ratio`,
+`fixed_ratio`, `counting_ratio`).
 """
 
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+import serving_speed  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import timing  # noqa: E402
 import workload  # noqa: E402
@@ -74,9 +78,9 @@ def main():
     model = build(layer, args)
     (counts,) = frequency.count_ids(model, [layer], data)
     layer.set_frequencies(counts)
-    # A learned-like mix: bits rise with frequency, rarest groups pruned.
-    ranks = np.arange(layer.num_groups) / (layer.num_groups - 1)
-    layer.fix_bits(np.round(ranks * max(layer.bit_candidates)).astype(int))
+    # The bits the synthetic quality benchmark learned (most groups
+    # pruned, 2-6 bits for the most frequent).
+    layer.fix_bits(serving_speed.learned_bits())
     variants = [("Embedding", baseline, lambda: None)]
     for phase in keras_mpe.Phase:
         variants.append(
@@ -88,8 +92,12 @@ def main():
         )
     seconds = timing.time_steps(variants, data, args.steps, args.repeats)
     base = seconds["Embedding"]
+    figures = {"keras": workload.KERAS, "jit": args.jit}
     for name, value in seconds.items():
         print(f"{name:20s} {1e3 * value:8.1f} ms/step {value / base:6.2f}x")
+    for phase in keras_mpe.Phase:
+        ratio = seconds[f"MPE {phase.name} phase"] / base
+        figures[f"{phase.name.lower()}_ratio"] = round(ratio, 3)
     print(f"average bits in FIXED: {layer.average_bits():.2f}")
 
     predict = timing.time_call(
@@ -103,6 +111,8 @@ def main():
         f"counting pass        {1e3 * count:8.1f} ms   "
         f"{count / predict:6.2f}x predict"
     )
+    figures["counting_ratio"] = round(count / predict, 3)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

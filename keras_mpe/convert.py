@@ -8,6 +8,7 @@ in place and the same model object is returned.
 """
 
 from keras_mpe import _compat
+from keras_mpe import storage
 from keras_mpe.embedding import MixedPrecisionEmbedding
 from keras_mpe.fixed_bit import FixedBitEmbedding
 from keras_mpe.model_layers import find_layers
@@ -15,16 +16,16 @@ from keras_mpe.model_layers import find_layers
 keras = _compat.keras
 
 
-def _convert_layer(layer):
+def _convert_layer(layer, layout="packed"):
     if isinstance(layer, MixedPrecisionEmbedding):
-        return FixedBitEmbedding.from_searched(layer)
+        return FixedBitEmbedding.from_searched(layer, layout=layout)
     if _compat.is_graph_model(layer):
-        return _compat.clone_model(layer, _convert_layer)
+        return _compat.clone_model(layer, lambda x: _convert_layer(x, layout))
     if isinstance(layer, keras.Model) or _has_layer_attributes(layer):
         for name, value in list(vars(layer).items()):
             if not isinstance(value, keras.layers.Layer):
                 continue
-            converted = _convert_layer(value)
+            converted = _convert_layer(value, layout)
             if converted is not value:
                 _compat.replace_sublayer(layer, name, converted)
     return layer
@@ -34,7 +35,7 @@ def _has_layer_attributes(layer) -> bool:
     return any(isinstance(v, keras.layers.Layer) for v in vars(layer).values())
 
 
-def convert(model):
+def convert(model, layout="packed"):
     """Converts a searched and retrained model for serving.
 
     Every `MixedPrecisionEmbedding` (which must be in its FIXED phase) is
@@ -44,17 +45,23 @@ def convert(model):
     Example:
 
     ```python
-    serving_model = keras_mpe.convert(model)
+    serving_model = keras_mpe.convert(model)  # the smallest
+    fast_model = keras_mpe.convert(model, layout="bytes")  # the fastest
     keras_mpe.export_saved_model(serving_model, "models/ctr/1")
     ```
 
     Args:
         model: A Keras model holding MixedPrecisionEmbedding layers.
+        layout: "packed" (the default: codes packed at each row's
+            bit-width, the smallest) or "bytes" (a byte per code and an
+            int32 per id: larger, faster to serve). See
+            `FixedBitEmbedding`.
 
     Returns:
         The serving model: a new model for functional and Sequential
         models, `model` itself (changed in place) for subclassed models.
     """
+    storage.code_layout(layout)  # a ValueError naming the valid layouts
     layers = find_layers(model)
     if not layers:
         raise ValueError(
@@ -69,4 +76,4 @@ def convert(model):
             "precisions (FIXED phase, after MPECallback's selection). Still "
             f"searching or never searched: {', '.join(unfinished)}"
         )
-    return _convert_layer(model)
+    return _convert_layer(model, layout)

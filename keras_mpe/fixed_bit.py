@@ -1,27 +1,34 @@
 """FixedBitEmbedding: the serving form of a searched MixedPrecisionEmbedding.
 
-Rows are stored as integer codes, one matrix per bit-width class
-(`storage.py`: which rows form a class, and how a class's codes are laid
-out, "packed" by default: the rows at b bits form a
-`(rows_b, ceil(b * dim / 8))` uint8 matrix), and pruned rows (0 bits)
-store nothing. A lookup finds each id's class and slot with a row index
+Rows are stored as integer codes and pruned rows (0 bits) store nothing.
+A lookup finds each id's class (its bit-width) and slot with a row index
 (`row_index.py`: "segments" for frequency-ordered vocabularies, "ranks"
-for any id order), gathers those rows only, reads them back at the
-class's constant width and decodes them with `quantizer.decode`:
+for any id order, "direct" for speed), reads those rows' codes and
+decodes them with the quantizer's one formula:
 
     out_i = (code_i + lo_b) * step_b + beta      (0 when b = 0)
 
 with lo_b = -2^(b-1), step_b = |alpha_b| + 1e-10 and beta the offset,
 exactly the FIXED-phase fake quantization, so outputs are equal to the
-bit. Whole-row gathers and constant-width unpacking are what make the
-lookup fast: gathering a variable number of single bytes per row and
-unpacking at per-row widths cost about twice as much.
+bit. Two code layouts (`storage.py`), chosen per model:
+
+- "packed" (the default, the smallest): the rows at b bits form one
+  `(rows_b, ceil(b * dim / 8))` uint8 matrix per class. A lookup gathers
+  each class's rows apart and unpacks them at the class's constant width
+  (gathering a variable number of single bytes per row and unpacking at
+  per-row widths cost about twice as much).
+- "bytes" (speed first): every kept row as `dim` signed bytes in one
+  matrix, classes one after another. A lookup is one gather for all ids,
+  a cast, and a multiply-add by each id's class step and offset.
 
 Variables (the index adds its own, see `row_index.py`):
 
 | variable        | shape             | dtype   | role                       |
 |-----------------|-------------------|---------|----------------------------|
-| codes_<b>bit    | (rows_b, bytes_b) | uint8   | the rows at b bits         |
+| codes_<b>bit    | (rows_b, bytes_b) | uint8   | "packed": the rows at b    |
+|                 |                   |         | bits                       |
+| codes           | (kept rows, dim)  | uint8   | "bytes": every kept row,   |
+|                 |                   |         | signed codes as int8       |
 | step_sizes      | (8,)              | float32 | alpha_b for b = 1..8       |
 | offset          | (dim,)            | float32 | beta                       |
 
@@ -75,11 +82,12 @@ class FixedBitEmbedding(keras.layers.Layer):
         output_dim: Integer. Width of each row.
         class_rows: Sequence of `(bits, rows)` pairs: the rows stored at
             each bit-width (0 = pruned), one pair per class.
-        index: "segments" or "ranks" (see `row_index.py`).
+        index: "segments", "ranks" or "direct" (see `row_index.py`); the
+            "bytes" layout reads "direct" only.
         num_segments: Integer. Runs of consecutive ids at one bit-width
             ("segments" index).
-        layout: String. How codes are stored (see `storage.LAYOUTS`);
-            "packed" (the smallest).
+        layout: String. How codes are stored (see `storage.LAYOUTS`):
+            "packed" (the smallest) or "bytes" (the fastest).
         combiner: None, "sum", "mean" or "sqrtn", as in
             `MixedPrecisionEmbedding` (`ids.py`).
         mask_zero: Boolean. Id 0 is padding, as in
@@ -113,15 +121,11 @@ class FixedBitEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if index not in row_index.INDEXES:
+        self._layout = storage.code_layout(layout)
+        if index not in self._layout.indexes:
             raise ValueError(
-                f"`index` must be one of {tuple(row_index.INDEXES)}. "
-                f"Received: index={index!r}"
-            )
-        if layout not in storage.LAYOUTS:
-            raise ValueError(
-                f"`layout` must be one of {tuple(storage.LAYOUTS)}. "
-                f"Received: layout={layout!r}"
+                f"With layout={layout!r}, `index` must be one of "
+                f"{self._layout.indexes}. Received: index={index!r}"
             )
         pairs = sorted((int(b), int(r)) for b, r in class_rows)
         bits = [b for b, _ in pairs]
@@ -147,7 +151,6 @@ class FixedBitEmbedding(keras.layers.Layer):
         self.combiner = combiner
         self.mask_zero = bool(mask_zero)
         self.supports_masking = self.mask_zero
-        self._layout = storage.LAYOUTS[layout]
         self._row_index = row_index.INDEXES[index](
             self.input_dim, len(pairs), self.num_segments
         )
@@ -176,17 +179,23 @@ class FixedBitEmbedding(keras.layers.Layer):
                 initializer="zeros",
             )
 
-        # A list (not a dict keyed by bits: tf_keras cannot checkpoint
-        # variables under non-string keys), in class order.
-        self._codes = [
-            state(
-                f"codes_{bits}bit",
-                (rows, self._layout.row_bytes(bits, self.output_dim)),
-                "uint8",
-            )
-            for bits, rows in self.class_rows
-            if bits > 0
-        ]
+        stored = [(b, rows) for b, rows in self.class_rows if b > 0]
+        if self._layout.shared_matrix:
+            # At least one row: pruned ids read row 0.
+            kept = max(1, sum(rows for _, rows in stored))
+            width = self._layout.row_bytes(MAX_BITS, self.output_dim)
+            self._codes = [state("codes", (kept, width), "uint8")]
+        else:
+            # A list (not a dict keyed by bits: tf_keras cannot checkpoint
+            # variables under non-string keys), in class order.
+            self._codes = [
+                state(
+                    f"codes_{bits}bit",
+                    (rows, self._layout.row_bytes(bits, self.output_dim)),
+                    "uint8",
+                )
+                for bits, rows in stored
+            ]
         self._row_index.build(state)
         self._step_sizes = state("step_sizes", (MAX_BITS,))
         self._offset = state("offset", (self.output_dim,))
@@ -197,6 +206,8 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def _rows(self, flat_ids):
         """The decoded float32 rows `(n, dim)` of a flat id vector."""
+        if self._layout.shared_matrix:
+            return self._rows_shared(flat_ids)
         xla = _compat.in_xla_compilation()
         static = self.static_shapes or xla
         if not static:
@@ -211,6 +222,25 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return ids.output_mask(inputs, self)
+
+    def _rows_shared(self, flat_ids):
+        """One gather from the shared matrix for every id, then each id's
+        class step and offset ((C, dim) tables gathered by class: a
+        broadcast multiply by a per-id step cost more in TF's CPU
+        kernels). Pruned ids read row 0 with step and offset 0."""
+        classes, rows = self.locate(flat_ids)
+        codes = self._layout.load(_compat.gather_rows(self._codes[0], rows))
+        stored = tf.constant([[bits > 0] for bits, _ in self.class_rows])
+        steps = tf.gather(
+            _compat.read(self._step_sizes),
+            [max(bits, 1) - 1 for bits, _ in self.class_rows],
+        )
+        steps = tf.where(stored, quantizer.effective_step(steps)[:, None], 0.0)
+        steps = tf.tile(steps, [1, self.output_dim])
+        offsets = tf.where(stored, _compat.read(self._offset)[None, :], 0.0)
+        return quantizer.dequantize(
+            codes, tf.gather(steps, classes), tf.gather(offsets, classes)
+        )
 
     def _dequantized(self, bits, slots):
         """The rows at `slots` of the b-bit class, as floats."""
@@ -268,8 +298,11 @@ class FixedBitEmbedding(keras.layers.Layer):
         Args:
             layer: A `MixedPrecisionEmbedding` after selection.
             chunk_rows: Integer. Rows encoded at a time (bounds memory).
-            index: "auto" (the smaller index), "segments" or "ranks".
-            layout: String. How codes are stored (`storage.LAYOUTS`).
+            index: "auto" (for "packed" the smaller of "segments" and
+                "ranks"; for "bytes" "direct", its only index), "segments",
+                "ranks" or "direct".
+            layout: String. How codes are stored (`storage.LAYOUTS`):
+                "packed" (the smallest) or "bytes" (the fastest).
 
         Returns:
             A built `FixedBitEmbedding` with equal outputs.
@@ -279,6 +312,14 @@ class FixedBitEmbedding(keras.layers.Layer):
                 f"Layer '{layer.name}' is in phase {layer.phase.name}: only a "
                 "layer whose precisions were chosen (FIXED, after "
                 "MPECallback's selection or `select_bits`) can be converted."
+            )
+        layout_class = storage.code_layout(layout)
+        if index == "auto":
+            index = layout_class.auto_index
+        elif index not in layout_class.indexes:
+            raise ValueError(
+                f"With layout={layout!r}, `index` must be 'auto' or one of "
+                f"{layout_class.indexes}. Received: index={index!r}"
             )
         plan = storage.plan_storage(layer.row_bits())
         chosen_index = row_index.choose_index(plan, index)
@@ -309,6 +350,8 @@ class FixedBitEmbedding(keras.layers.Layer):
             np.zeros(variable.shape, np.uint8) for variable in self._codes
         ]
         stored_bits = [bits for bits, _ in plan.class_rows if bits > 0]
+        if self._layout.shared_matrix:
+            plan = plan.in_one_matrix()
         for start in range(0, plan.rows, chunk_rows):
             stop = min(start + chunk_rows, plan.rows)
             values = tf.convert_to_tensor(layer.embeddings[start:stop])
@@ -319,10 +362,9 @@ class FixedBitEmbedding(keras.layers.Layer):
                 codes = quantizer.encode(
                     tf.gather(values, members), step_of[bits], offset, bits
                 )
+                matrix = stored[0 if self._layout.shared_matrix else position]
                 slots = plan.slot_of_row[start + members]
-                stored[position][slots] = self._layout.store(
-                    codes.numpy(), bits
-                )
+                matrix[slots] = self._layout.store(codes.numpy(), bits)
         for variable, values in zip(self._codes, stored, strict=True):
             variable.assign(values)
         step_table = np.ones(MAX_BITS, np.float32)

@@ -52,22 +52,30 @@ def checked_ids(inputs, input_dim: int, layer):
             least `input_dim` (eagerly, or when the graph runs).
     """
     ids = tf.convert_to_tensor(inputs)
-    if ids.dtype.is_integer:
-        # Wide enough for every integer id; uint64 ids past 2^63 turn
-        # negative, which the check refuses too.
-        wide = tf.cast(ids, tf.int64)
-    else:
-        wide = tf.cast(ids, tf.float64)
     message = (
         f"{type(layer).__name__} '{layer.name}': every id must be in "
         f"[0, input_dim={input_dim})."
     )
-    checks = [
-        tf.debugging.assert_non_negative(wide, message=message),
-        tf.debugging.assert_less(
-            wide, tf.cast(input_dim, wide.dtype), message=message
-        ),
-    ]
+    if ids.dtype.is_integer:
+        # One comparison over the ids (the check runs in every serving
+        # call): as unsigned integers, negative ids wrap past any
+        # input_dim, and a cast to a type as wide keeps every other id.
+        unsigned = tf.uint64 if ids.dtype.size == 8 else tf.uint32
+        checks = [
+            tf.debugging.assert_less(
+                tf.cast(ids, unsigned),
+                tf.cast(input_dim, unsigned),
+                message=message,
+            )
+        ]
+    else:
+        wide = tf.cast(ids, tf.float64)
+        checks = [
+            tf.debugging.assert_non_negative(wide, message=message),
+            tf.debugging.assert_less(
+                wide, tf.cast(input_dim, wide.dtype), message=message
+            ),
+        ]
     with tf.control_dependencies(checks):
         # An identity: a cast of int32 ids adds no op to depend on.
         return tf.identity(tf.cast(ids, tf.int32))

@@ -60,8 +60,15 @@ def _signed_codes(scaled, lo, hi):
     return tf.clip_by_value(tf.round(scaled), lo, hi)
 
 
-def _dequantize(signed_codes, step, offset):
-    """code * step + offset, the one dequantization formula."""
+def dequantize(signed_codes, step, offset):
+    """code * step + offset, the one dequantization formula.
+
+    Args:
+        signed_codes: Float tensor of signed codes clip(round(u), lo, hi).
+        step: Float tensor broadcasting to `signed_codes`: the effective
+            step (`effective_step`), or 0 for rows that store nothing.
+        offset: Float tensor broadcasting to `signed_codes`: beta.
+    """
     return signed_codes * step + offset
 
 
@@ -105,7 +112,7 @@ def decode(codes, step_size, offset, bits: int):
     """
     lo = integer_range(bits)[0]
     signed = tf.cast(codes + lo, tf.float32)
-    return _dequantize(signed, effective_step(step_size), offset)
+    return dequantize(signed, effective_step(step_size), offset)
 
 
 def _sum_to_shape(grad, target):
@@ -145,7 +152,7 @@ def fake_quantize(values, step_size, offset, lo, hi, grad_scale):
         step = effective_step(step_size)
         scaled = (values - offset) / step
         codes = _signed_codes(scaled, lo, hi)
-        output = _dequantize(codes, step, offset)
+        output = dequantize(codes, step, offset)
 
         def grad(upstream):
             # Few full-size ops: this runs for every looked-up row.

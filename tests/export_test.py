@@ -153,12 +153,16 @@ def _signature(path):
 class ExportTest(tf.test.TestCase):
     ordered = True
     index = "segments"
+    layout = "packed"
+    # 100 rows each at 0, 1, 3, 5, 6 bits, 8 codes per row, packed.
+    payload_bytes = 100 * 8 * (1 + 3 + 5 + 6) // 8
+    index_bytes = 0  # a few segments or bit-planes: in the 4 KB margin
 
     def setUp(self):
         super().setUp()
         self.model = functional(self.ordered)
         self.expected = self.model.predict(IDS, verbose=0)
-        self.served = keras_mpe.convert(self.model)
+        self.served = keras_mpe.convert(self.model, layout=self.layout)
         self.path = os.path.join(self.get_temp_dir(), "ctr", "1")
         keras_mpe.export_saved_model(self.served, self.path)
 
@@ -195,10 +199,11 @@ class ExportTest(tf.test.TestCase):
         size = sum(
             os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
         )
-        payload = fixed.num_bytes  # 100 rows each at 0, 1, 3, 5, 6 bits
-        self.assertEqual(100 * 8 * (1 + 3 + 5 + 6) // 8, payload)
-        # Codes, the dense head, a few bytes of metadata, checkpoint index.
-        self.assertBetween(size, payload, payload + 4096)
+        payload = fixed.num_bytes
+        self.assertEqual(self.payload_bytes, payload)
+        # Codes, index, the dense head, metadata, checkpoint index.
+        stored = payload + self.index_bytes
+        self.assertBetween(size, stored, stored + 4096)
 
     def test_fresh_process_without_keras_mpe(self):
         outputs = serving.predict_in_fresh_process(
@@ -382,6 +387,16 @@ class ExportShuffledIdsTest(ExportTest):
 
     ordered = False
     index = "ranks"
+
+
+class ExportBytesLayoutTest(ExportTest):
+    """The same checks for the speed-first layout: a byte per code."""
+
+    ordered = False
+    index = "direct"
+    layout = "bytes"
+    payload_bytes = 4 * 100 * 8  # the 400 kept rows, a byte per code
+    index_bytes = 4 * 500  # an int32 per id
 
 
 @pytest.mark.parametrize("jit_compile", [True])

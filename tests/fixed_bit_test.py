@@ -88,6 +88,46 @@ class FixedBitTest(tf.test.TestCase):
                 auto.rows_per_bits(),
             )
 
+    def test_bytes_layout_exact_for_any_id_order(self):
+        ids = np.arange(1000).reshape(50, 20)
+        for permute in (False, True):
+            layer = searched_layer(permute=permute)
+            fixed = FixedBitEmbedding.from_searched(
+                layer, layout="bytes", chunk_rows=300
+            )
+            self.assertEqual("direct", fixed.index)
+            self.assertAllEqual(layer(ids), fixed(ids))
+            lookup = tf.function(fixed, jit_compile=True)
+            self.assertAllClose(layer(ids), lookup(tf.constant(ids)), atol=1e-6)
+            # A byte per code of the 900 kept rows; an int32 per id; the
+            # 8 step sizes and 16 offsets.
+            self.assertEqual(900 * 16, fixed.num_bytes)
+            stored = sum(w.numpy().nbytes for w in fixed.weights)
+            self.assertEqual(900 * 16 + 4 * 1000 + 4 * (8 + 16), stored)
+
+    def test_bytes_layout_with_every_row_pruned(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(50, 4, num_groups=2)
+        layer.set_frequencies(np.arange(50))
+        layer.fix_bits([0, 0])
+        fixed = FixedBitEmbedding.from_searched(layer, layout="bytes")
+        self.assertEqual(0, fixed.num_bytes)
+        self.assertAllEqual(np.zeros((3, 4)), fixed(np.array([0, 7, 49])))
+
+    def test_bytes_layout_reads_the_direct_index_only(self):
+        layer = searched_layer()
+        with self.assertRaisesRegex(
+            ValueError, r"layout='bytes'.*'direct'.*index='segments'"
+        ):
+            FixedBitEmbedding.from_searched(
+                layer, layout="bytes", index="segments"
+            )
+        with self.assertRaisesRegex(ValueError, "index='ranks'"):
+            FixedBitEmbedding(10, 2, [(3, 10)], layout="bytes", index="ranks")
+        with self.assertRaisesRegex(
+            ValueError, r"\('packed', 'bytes'\).*'int8'"
+        ):
+            FixedBitEmbedding.from_searched(layer, layout="int8")
+
     def test_rank_index_costs_about_log2_classes_bits_per_row(self):
         rows, classes = 100_000, 7  # bits 0..6: 3 bits of class per row
         layer = keras_mpe.MixedPrecisionEmbedding(rows, 16, num_groups=classes)
@@ -136,15 +176,21 @@ class FixedBitTest(tf.test.TestCase):
             FixedBitEmbedding.from_searched(layer)
 
     def test_save_and_load(self):
-        for index in ("segments", "ranks"):
-            self._save_and_load(index)
+        for index, layout in (
+            ("segments", "packed"),
+            ("ranks", "packed"),
+            ("direct", "bytes"),
+        ):
+            self._save_and_load(index, layout)
 
-    def _save_and_load(self, index):
-        fixed = FixedBitEmbedding.from_searched(searched_layer(), index=index)
+    def _save_and_load(self, index, layout):
+        fixed = FixedBitEmbedding.from_searched(
+            searched_layer(), index=index, layout=layout
+        )
         inputs = keras.Input((3,), dtype="int32")
         model = keras.Model(inputs, fixed(inputs))
         name = "model.keras" if _compat.IS_KERAS_3 else "model.h5"
-        path = os.path.join(self.get_temp_dir(), index + name)
+        path = os.path.join(self.get_temp_dir(), layout + index + name)
         model.save(path)
         loaded = keras.models.load_model(path)
         ids = np.array([[0, 500, 999], [1, 2, 3]], np.int32)
