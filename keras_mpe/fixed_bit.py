@@ -27,7 +27,8 @@ Variables (the index adds its own, see `row_index.py`):
 |-----------------|-------------------|---------|----------------------------|
 | codes_<b>bit    | (rows_b, bytes_b) | uint8   | "packed": the rows at b    |
 |                 |                   |         | bits                       |
-| codes           | (kept rows, dim)  | uint8   | "bytes": every kept row,   |
+| codes           | (1 + kept rows,   | uint8   | "bytes": a row for pruned  |
+|                 | dim)              |         | ids, then every kept row,  |
 |                 |                   |         | signed codes as int8       |
 | step_sizes      | (8,)              | float32 | alpha_b for b = 1..8       |
 | offset          | (dim,)            | float32 | beta                       |
@@ -52,11 +53,12 @@ MAX_BITS = storage.MAX_BITS
 def _unfused(values):
     """`values` (n, D) unchanged, computed apart from their consumers.
 
-    XLA fuses the unpacking into whatever reads the layer's output. When
+    XLA fuses the decoding into whatever reads the layer's output. When
     that is a Flatten or a Concatenate of the fields (most CTR models),
-    the fused loop runs over the flattened layout and took twice as long
-    (`benchmarks/serving_speed.py`, 4096 x 26 ids, MLP 256-128: predict
-    1.63-1.68x the float model's, 1.24-1.27x with this). A dot is never
+    the fused loop runs over the flattened layout and took longer
+    (`benchmarks/serving_speed.py`, 4096 x 26 ids, MLP 256-128, predict
+    against the float model's: "packed" 1.63-1.68x, 1.24-1.27x with
+    this; "bytes" 1.01-1.08x, 0.97-0.99x with this). A dot is never
     fused; by the identity it is exact (each output is one value times 1
     plus zeros).
     """
@@ -181,8 +183,8 @@ class FixedBitEmbedding(keras.layers.Layer):
 
         stored = [(b, rows) for b, rows in self.class_rows if b > 0]
         if self._layout.shared_matrix:
-            # At least one row: pruned ids read row 0.
-            kept = max(1, sum(rows for _, rows in stored))
+            # Row 0 is read by every pruned id (see `_rows_shared`).
+            kept = 1 + sum(rows for _, rows in stored)
             width = self._layout.row_bytes(MAX_BITS, self.output_dim)
             self._codes = [state("codes", (kept, width), "uint8")]
         else:
@@ -225,22 +227,24 @@ class FixedBitEmbedding(keras.layers.Layer):
 
     def _rows_shared(self, flat_ids):
         """One gather from the shared matrix for every id, then each id's
-        class step and offset ((C, dim) tables gathered by class: a
-        broadcast multiply by a per-id step cost more in TF's CPU
-        kernels). Pruned ids read row 0 with step and offset 0."""
+        class step ((C, dim) table gathered by class: a broadcast multiply
+        by a per-id step cost more in TF's CPU kernels) and the offset.
+
+        Pruned ids read row 0, whose codes are all 1, with the "step"
+        -beta: 1 * -beta + beta is exactly 0, and no id needs an offset
+        of its own."""
         classes, rows = self.locate(flat_ids)
         codes = self._layout.load(_compat.gather_rows(self._codes[0], rows))
-        stored = tf.constant([[bits > 0] for bits, _ in self.class_rows])
+        offset = _compat.read(self._offset)
         steps = tf.gather(
             _compat.read(self._step_sizes),
             [max(bits, 1) - 1 for bits, _ in self.class_rows],
         )
-        steps = tf.where(stored, quantizer.effective_step(steps)[:, None], 0.0)
-        steps = tf.tile(steps, [1, self.output_dim])
-        offsets = tf.where(stored, _compat.read(self._offset)[None, :], 0.0)
-        return quantizer.dequantize(
-            codes, tf.gather(steps, classes), tf.gather(offsets, classes)
-        )
+        steps = quantizer.effective_step(steps)[:, None] + tf.zeros_like(offset)
+        stored = tf.constant([[bits > 0] for bits, _ in self.class_rows])
+        steps = tf.where(stored, steps, -offset)
+        values = quantizer.dequantize(codes, tf.gather(steps, classes), offset)
+        return _unfused(values) if _compat.in_xla_compilation() else values
 
     def _dequantized(self, bits, slots):
         """The rows at `slots` of the b-bit class, as floats."""
@@ -352,6 +356,7 @@ class FixedBitEmbedding(keras.layers.Layer):
         stored_bits = [bits for bits, _ in plan.class_rows if bits > 0]
         if self._layout.shared_matrix:
             plan = plan.in_one_matrix()
+            stored[0][0] = 1  # the pruned ids' row: signed code 1 everywhere
         for start in range(0, plan.rows, chunk_rows):
             stop = min(start + chunk_rows, plan.rows)
             values = tf.convert_to_tensor(layer.embeddings[start:stop])

@@ -62,10 +62,11 @@ class StoragePlan:
         return self.row_bits.size
 
     def in_one_matrix(self) -> "StoragePlan":
-        """This plan with each stored row's slot its row in one matrix of
-        every stored row, classes one after another (pruned rows: 0)."""
+        """This plan with each row's slot its row in one matrix: row 0
+        for every pruned row, then the stored rows, classes one after
+        another."""
         stored = np.asarray(self.class_bits) > 0
-        first = np.cumsum([0, *np.where(stored, self.class_sizes, 0)])[:-1]
+        first = np.cumsum([1, *np.where(stored, self.class_sizes, 0)])[:-1]
         slots = first[self.class_of_row] + self.slot_of_row
         slots[~stored[self.class_of_row]] = 0
         return dataclasses.replace(self, slot_of_row=slots.astype(np.int32))
@@ -147,9 +148,9 @@ class ByteCodes:
     """Each code as one signed byte, code + lo (`dim` bytes per row)."""
 
     name = "bytes"
-    # Every class's rows in one matrix, classes one after another, read
-    # through the "direct" index holding each id's row in that matrix
-    # (`StoragePlan.in_one_matrix`): one gather per id, nothing to add.
+    # Every class's rows in one matrix after a row shared by the pruned
+    # ids, read through the "direct" index holding each id's row in that
+    # matrix (`StoragePlan.in_one_matrix`): one gather per id.
     shared_matrix = True
     indexes = ("direct",)
     auto_index = "direct"

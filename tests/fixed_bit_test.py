@@ -99,11 +99,11 @@ class FixedBitTest(tf.test.TestCase):
             self.assertAllEqual(layer(ids), fixed(ids))
             lookup = tf.function(fixed, jit_compile=True)
             self.assertAllClose(layer(ids), lookup(tf.constant(ids)), atol=1e-6)
-            # A byte per code of the 900 kept rows; an int32 per id; the
-            # 8 step sizes and 16 offsets.
+            # A byte per code of the 900 kept rows and of the row the
+            # pruned ids share; an int32 per id; 8 step sizes, 16 offsets.
             self.assertEqual(900 * 16, fixed.num_bytes)
             stored = sum(w.numpy().nbytes for w in fixed.weights)
-            self.assertEqual(900 * 16 + 4 * 1000 + 4 * (8 + 16), stored)
+            self.assertEqual(901 * 16 + 4 * 1000 + 4 * (8 + 16), stored)
 
     def test_bytes_layout_with_every_row_pruned(self):
         layer = keras_mpe.MixedPrecisionEmbedding(50, 4, num_groups=2)

@@ -16,10 +16,10 @@ class StorageTest(tf.test.TestCase):
         self.assertEqual((0, 1, 3), plan.class_bits)
         self.assertEqual((2, 1, 2), plan.class_sizes)
         self.assertAllEqual([0, 0, 1, 0, 1], plan.slot_of_row)
-        # One matrix: the 1-bit row first, then the two 3-bit rows;
-        # pruned rows point at row 0.
+        # One matrix: row 0 for the pruned rows, then the 1-bit row, then
+        # the two 3-bit rows.
         one = plan.in_one_matrix()
-        self.assertAllEqual([1, 0, 2, 0, 0], one.slot_of_row)
+        self.assertAllEqual([2, 0, 3, 1, 0], one.slot_of_row)
         self.assertAllEqual(plan.class_of_row, one.class_of_row)
 
     def test_byte_codes_golden_and_round_trip(self):
