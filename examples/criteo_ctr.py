@@ -238,7 +238,7 @@ def main(args):
     print(layer.bits_per_group().tolist())
 
     print("\n== convert, report, export ==")
-    serving_model = keras_mpe.convert(model)
+    serving_model = keras_mpe.convert(model, layout=args.layout)
     compile_ctr(serving_model, args)
     print(
         keras_mpe.compression_report(

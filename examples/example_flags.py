@@ -22,6 +22,13 @@ def define_export_dir(name: str):
         os.path.join(tempfile.gettempdir(), "keras_mpe", name, "1"),
         "SavedModel version folder for TF Serving (replaced if it exists).",
     )
+    flags.DEFINE_enum(
+        "layout",
+        "packed",
+        ["packed", "bytes"],
+        "How the served tables hold their codes: packed at each row's "
+        "bit-width (the smallest) or a byte per code (faster to serve).",
+    )
 
 
 def define_synthetic_data(rows: int):

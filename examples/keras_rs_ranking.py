@@ -188,7 +188,7 @@ def main(args):
     print(f"\nsearch outcome: {layer.average_bits():.3f} bits per element")
 
     print("\n== convert, report, export, reload ==")
-    serving_model = keras_mpe.convert(model)
+    serving_model = keras_mpe.convert(model, layout=args.layout)
     compile_ctr(serving_model, args)
     report = keras_mpe.compression_report(
         serving_model,

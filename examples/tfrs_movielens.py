@@ -188,7 +188,8 @@ def main(args):
     )
 
     print("\n== convert, report, export ==")
-    serving_model = keras_mpe.convert(model)  # TFRS models: in place
+    # TFRS models are converted in place.
+    serving_model = keras_mpe.convert(model, layout=args.layout)
     print(keras_mpe.compression_report(serving_model))
     signature = {
         name: tf.TensorSpec([None], tf.int32, name=name) for name in FEATURES

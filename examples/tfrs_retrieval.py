@@ -265,7 +265,7 @@ def main(args):
     )
 
     print("\n== convert, report, index, export ==")
-    keras_mpe.convert(model)  # TFRS models: in place
+    keras_mpe.convert(model, layout=args.layout)  # TFRS models: in place
     report = keras_mpe.compression_report(model)
     print(report)
     # The index: every movie's embedding from the converted movie tower;

@@ -6,6 +6,7 @@ TensorFlow Recommenders) and Keras 3 otherwise. Everything that differs
 between the two lives here.
 """
 
+import numpy as np
 import tensorflow as tf
 
 keras = tf.keras
@@ -32,6 +33,27 @@ def only_first_replica():
     return tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
+def check_strategy(strategy, caller: str):
+    """Raises when `strategy` cannot train MixedPrecisionEmbedding here.
+
+    Keras 3 cannot train with `ParameterServerStrategy` (its `fit` wants
+    datasets from `ClusterCoordinator.create_per_worker_dataset`, which it
+    does not make); tf_keras can.
+    """
+    parameter_server = tf.distribute.experimental.ParameterServerStrategy
+    if IS_KERAS_3 and isinstance(strategy, parameter_server):
+        raise ValueError(
+            f"{caller}: Keras 3 cannot train with "
+            "tf.distribute.experimental.ParameterServerStrategy: `model.fit` "
+            "under it needs "
+            "per-worker datasets that Keras 3 does not create. Use tf_keras "
+            "for parameter-server training (pip install tf-keras, set "
+            "TF_USE_LEGACY_KERAS=1 before importing TensorFlow; see "
+            "docs/scaling.md), or MirroredStrategy / "
+            "MultiWorkerMirroredStrategy under Keras 3."
+        )
+
+
 def tf_variable(weight):
     """The `tf.Variable` behind a layer weight (a KerasVariable in Keras 3)."""
     return weight.value if IS_KERAS_3 else weight
@@ -56,6 +78,53 @@ def gather_rows(weight, indices):
     if IS_KERAS_3:
         return tf.gather(read(weight), indices)
     return tf.gather(weight, indices)
+
+
+def _row_blocks(weight, start, stop):
+    """`(variable, first row, offset)` per piece of rows [start, stop) of
+    `weight`: the variable itself, or each shard of a partitioned one."""
+    variable = tf_variable(weight)
+    if not isinstance(variable, tf.__internal__.distribute.ShardedVariable):
+        return [(variable, start, 0)]
+    blocks, first = [], 0
+    for shard in variable.variables:
+        last = first + shard.shape[0]
+        if first < stop and start < last:
+            low = max(start, first)
+            blocks.append((shard, low - first, low - start))
+        first = last
+    return blocks
+
+
+def _copies(variable) -> list:
+    """The per-device copies of a mirrored variable, or the variable."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return list(variable.values)
+    return [variable]
+
+
+def assign_rows(weight, start: int, values):
+    """Assigns `values` `(n, ...)` to rows [start, start + n) of `weight`
+    (a variable, a partitioned or a mirrored one, or one on a parameter
+    server) without reading the rest: a scatter per shard and per copy."""
+    stop = start + int(values.shape[0])
+    for variable, first, offset in _row_blocks(weight, start, stop):
+        count = min(stop - start - offset, variable.shape[0] - first)
+        rows = tf.IndexedSlices(
+            values[offset : offset + count], tf.range(first, first + count)
+        )
+        for copy in _copies(variable):
+            copy.scatter_update(rows)
+
+
+def read_rows(weight, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of `weight` (a variable, a partitioned or a
+    mirrored one)."""
+    pieces = []
+    for variable, first, offset in _row_blocks(weight, start, stop):
+        count = min(stop - start - offset, variable.shape[0] - first)
+        pieces.append(_copies(variable)[0][first : first + count].numpy())
+    return np.concatenate(pieces)
 
 
 def optimizer_variables(optimizer):

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from keras_mpe import _compat
 from keras_mpe import frequency
+from keras_mpe import initial_table
 from keras_mpe import summaries
 from keras_mpe.embedding import Phase
 from keras_mpe.model_layers import find_layers
@@ -190,6 +191,10 @@ class MPECallback(keras.callbacks.Callback):
         self.layers = []
 
     # ----------------------------------------------------------- Keras hooks
+    def set_model(self, model):
+        _compat.check_strategy(model.distribute_strategy, "MPECallback")
+        super().set_model(model)
+
     def on_train_begin(self, logs=None):
         self.layers = find_layers(self.model)
         if not self.layers:
@@ -427,5 +432,11 @@ def _reset_optimizer(optimizer):
     loss scale (zeroed, mixed precision training turns to NaN)."""
     settings = _compat.optimizer_settings(optimizer)
     for variable in _compat.optimizer_variables(optimizer):
-        if not any(variable is setting for setting in settings):
+        if any(variable is setting for setting in settings):
+            continue
+        if len(variable.shape) >= 1:
+            # A table's moments: zeroed in chunks, not through a second
+            # table-sized tensor of zeros.
+            initial_table.zero(variable)
+        else:
             variable.assign(tf.zeros(variable.shape, variable.dtype))

@@ -26,13 +26,17 @@ Variables:
 | variable           | shape            | dtype   | trained | role            |
 |--------------------|------------------|---------|---------|-----------------|
 | embeddings         | (rows, dim)      | float32 | yes     | latent table e  |
-| initial_embeddings | (rows, dim)      | float32 | no      | rewind target   |
 | step_sizes         | (quantized K,)   | float32 | yes     | alpha_b / scale |
 | offset             | (dim,)           | float32 | yes     | beta / scale    |
 | quantizer_scale    | ()               | float32 | no      | scale           |
 | precision_logits   | (groups, K)      | float32 | yes     | gamma           |
-| counts             | (rows,)          | int64   | no      | id frequencies  |
-| group_ids          | (rows,)          | int32   | no      | g(i)            |
+| group_ids          | (rows,)          | int8    | no      | g(i) (int16,    |
+|                    |                  |         |         | int32 past 127, |
+|                    |                  |         |         | 32767 groups)   |
+| group_counts       | (groups,)        | int64   | no      | C_g, lookups    |
+| rewinds_to_copy    | ()               | int32   | no      | 1: the rewind   |
+|                    |                  |         |         | target is a     |
+|                    |                  |         |         | copy (below)    |
 | group_weights      | (groups,)        | float32 | no      | c_g             |
 | chosen_bits        | (groups,)        | int32   | no      | b*_g            |
 | phase              | ()               | int32   | no      | FLOAT/SEARCH/.. |
@@ -41,6 +45,13 @@ Variables:
 |                    |                  |         |         | offset          |
 | kept_score         | ()               | float64 | no      | its score (NaN: |
 |                    |                  |         |         | none kept)      |
+
+Per row the layer holds only the table and a group id: the rewind
+target, the table's initial values, is made again from `seed`
+(`initial_table.py`), and counts are kept per group. Only when a search
+starts from a table that is no longer its initial values (pretrained, or
+trained by an earlier `fit`) does `snapshot_embeddings` keep a copy, in
+host memory.
 
 The step sizes and the offset are stored in units of `scale`, the table's
 mean |e| when the step sizes are initialised, and used as alpha_b =
@@ -63,6 +74,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -70,6 +82,7 @@ import tensorflow as tf
 from keras_mpe import _compat
 from keras_mpe import frequency
 from keras_mpe import ids
+from keras_mpe import initial_table
 from keras_mpe import quantizer
 from keras_mpe import selection
 from keras_mpe.storage import MAX_BITS
@@ -130,6 +143,14 @@ def _validate_bit_candidates(bit_candidates):
             f"Received: bit_candidates={bit_candidates}"
         )
     return tuple(sorted(int(b) for b in candidates))
+
+
+def _group_id_dtype(num_groups: int) -> str:
+    """The narrowest signed integer type holding the group ids."""
+    for dtype in ("int8", "int16"):
+        if num_groups - 1 <= np.iinfo(dtype).max:
+            return dtype
+    return "int32"
 
 
 def _validate_positive_int(name, value, upper=None):
@@ -238,6 +259,11 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             steps; the default 0.1 lets the task loss take part.
         bit_penalty: Non-negative float. Weight lambda of the bit penalty.
         embeddings_initializer: Initializer of the table.
+        seed: Integer or None. Seed of the table's initial values, which
+            the retraining rewinds to (`initial_table.py`): rows in
+            chunks of 65,536, chunk c drawn with seed `seed + c`. None:
+            the initializer's own seed if it has one, else a random one
+            (from NumPy's global generator, so `set_random_seed` fixes it).
         combiner: None, "sum", "mean" or "sqrtn". Pools the rows of each
             example's ids (multi-hot, ragged or sparse ids; see `ids.py`).
         mask_zero: Boolean. Id 0 is padding: no row, not pooled, not
@@ -274,6 +300,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         embeddings_initializer="uniform",
         combiner=None,
         mask_zero: bool = False,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -301,6 +328,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer
         )
+        if seed is None:
+            seed = self.embeddings_initializer.get_config().get("seed")
+        if seed is None:
+            seed = int(np.random.randint(initial_table.MAX_SEED))
+        if not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(
+                f"`seed` must be a non-negative integer or None. Received: "
+                f"seed={seed!r}"
+            )
+        self.seed = int(seed)
+        self._rewind_copy = None
         ids.check_combiner(combiner)
         self.combiner = combiner
         self.mask_zero = bool(mask_zero)
@@ -322,18 +360,10 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             "trainable": False,
             "aggregation": _compat.only_first_replica(),
         }
+        # Filled in chunks below: the initial values come from the seed.
         self._embeddings = weight(
-            name="embeddings",
-            shape=(rows, dim),
-            initializer=self.embeddings_initializer,
+            name="embeddings", shape=(rows, dim), initializer="zeros"
         )
-        self._initial_embeddings = weight(
-            name="initial_embeddings",
-            shape=(rows, dim),
-            initializer="zeros",
-            **state,
-        )
-        self._initial_embeddings.assign(self._embeddings)
         self._step_sizes = weight(
             name="step_sizes",
             shape=(len(self.quantized_bits),),
@@ -346,16 +376,23 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self._precision_logits = weight(
             name="precision_logits", shape=(groups, k), initializer="zeros"
         )
-        self._counts = weight(
-            name="counts",
+        self._group_ids = weight(
+            name="group_ids",
             shape=(rows,),
+            dtype=_group_id_dtype(groups),
+            initializer="zeros",
+            **state,
+        )
+        self._group_counts = weight(
+            name="group_counts",
+            shape=(groups,),
             dtype="int64",
             initializer="zeros",
             **state,
         )
-        self._group_ids = weight(
-            name="group_ids",
-            shape=(rows,),
+        self._rewinds_to_copy = weight(
+            name="rewinds_to_copy",
+            shape=(),
             dtype="int32",
             initializer="zeros",
             **state,
@@ -398,7 +435,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.built = True
         # Eagerly even when the first call that builds the layer is traced.
         with tf.init_scope():
-            self.snapshot_embeddings()
+            initial_table.assign(
+                self._embeddings, self.embeddings_initializer, self.seed
+            )
             self.initialize_step_sizes()
 
     # ------------------------------------------------------------------- call
@@ -431,7 +470,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             # work instead, where sorting out duplicates costs more).
             flat_ids, positions = tf.unique(flat_ids)
         rows = _compat.gather_rows(self._embeddings, flat_ids)
-        groups = _compat.gather_rows(self._group_ids, flat_ids)
+        groups = tf.cast(
+            _compat.gather_rows(self._group_ids, flat_ids), tf.int32
+        )
         is_float = tf.cast(tf.equal(phase, Phase.FLOAT), rows.dtype)
         row_weights, row_chosen = self._row_weights(
             groups, phase, probabilities
@@ -713,7 +754,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     @_built
     def has_frequencies(self) -> bool:
         """Whether id frequencies have been counted (`set_frequencies`)."""
-        return bool(self._counts.numpy().any())
+        return bool(self._group_counts.numpy().any())
 
     @_built
     def set_frequencies(self, counts) -> frequency.FrequencyGroups:
@@ -732,8 +773,9 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
                 f"Received: shape {counts.shape}"
             )
         groups = frequency.group_by_frequency(counts, self.num_groups)
-        self._counts.assign(counts.astype(np.int64))
-        self._group_ids.assign(groups.group_ids)
+        self._group_counts.assign(groups.group_counts)
+        dtype = tf.as_dtype(self._group_ids.dtype).as_numpy_dtype
+        self._group_ids.assign(groups.group_ids.astype(dtype))
         self._group_weights.assign(groups.group_weights)
         return groups
 
@@ -745,7 +787,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         stored and trained; beta keeps its value in table units.
         """
         _, offset = self.quantizer_parameters()
-        mean_abs = float(tf.reduce_mean(tf.abs(self._embeddings)))
+        mean_abs = initial_table.mean_abs(self._embeddings)
         self._quantizer_scale.assign(mean_abs or 1.0)
         self.set_quantizer_parameters(
             [
@@ -757,13 +799,37 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     @_built
     def snapshot_embeddings(self):
-        """Remembers the current table as the target of `rewind()`."""
-        self._initial_embeddings.assign(self._embeddings)
+        """Remembers the current table as the target of `rewind()`.
+
+        When the table holds its initial values (a layer not trained yet)
+        nothing is copied: `rewind` makes them again from `seed`. Else
+        (pretrained or trained before) the table is copied to host memory,
+        which a process that resumes from a checkpoint does not have.
+        """
+        initial = initial_table.holds_initial_values(
+            self._embeddings, self.embeddings_initializer, self.seed
+        )
+        self._rewind_copy = None if initial else self._embeddings.numpy()
+        self._rewinds_to_copy.assign(0 if initial else 1)
 
     @_built
     def rewind(self):
-        """Resets the table to the values saved by `snapshot_embeddings`."""
-        self._embeddings.assign(self._initial_embeddings)
+        """Resets the table to the values saved by `snapshot_embeddings`
+        (by default the initial values)."""
+        if self._rewind_copy is not None:
+            self._embeddings.assign(self._rewind_copy)
+        elif int(self._rewinds_to_copy.numpy()):
+            raise RuntimeError(
+                f"Layer '{self.name}': the rewind target was the table at "
+                "the start of the interrupted fit, which was not its "
+                "initial values and was kept in host memory only. Run the "
+                "fit again from epoch 0, or pass rewind_embeddings=False "
+                "to MPECallback to retrain from the searched table."
+            )
+        else:
+            initial_table.assign(
+                self._embeddings, self.embeddings_initializer, self.seed
+            )
 
     @_built
     def precision_probabilities(self) -> np.ndarray:
@@ -843,17 +909,12 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
     @_built
     def group_summary(self) -> "GroupSummary":
         """Per frequency group: bits, expected bits, rows, lookups, weight."""
-        counts = np.bincount(
-            self._group_ids.numpy(),
-            weights=self._counts.numpy(),
-            minlength=self.num_groups,
-        )
         bits = np.asarray(self.bit_candidates, np.float64)
         return GroupSummary(
             bits=self.bits_per_group(),
             expected_bits=self.precision_probabilities() @ bits,
             rows=self.group_sizes(),
-            count=counts.astype(np.int64),
+            count=self._group_counts.numpy(),
             weight=self._group_weights.numpy(),
         )
 
@@ -885,5 +946,6 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             ),
             combiner=self.combiner,
             mask_zero=self.mask_zero,
+            seed=self.seed,
         )
         return config

@@ -26,7 +26,7 @@ class Probe(keras.callbacks.Callback):
         self.logits_at_end = []
 
     def on_train_begin(self, logs=None):
-        self.initial_table = self.layer._initial_embeddings.numpy()
+        self.initial_table = self.layer._embeddings.numpy()
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.select_epoch:
@@ -125,8 +125,9 @@ class ScheduleTest(tf.test.TestCase):
         )
         self.assertAllEqual(expected, layer._chosen_bits.numpy())
         self.assertNotAllClose(probe.logits_at_end[2], probe.logits_at_end[3])
-        counts = np.bincount(ids.ravel(), minlength=1000)
-        self.assertAllEqual(counts, layer._counts.numpy())
+        testing_utils.assert_counted(
+            layer, np.bincount(ids.ravel(), minlength=1000)
+        )
 
     def test_fits_with_and_without_jit_compile(self):
         ids, labels = testing_utils.zipf_ctr(rows=512)
@@ -657,7 +658,7 @@ class MirroredStrategyTest(tf.test.TestCase):
         model.fit(data, epochs=3, verbose=0, callbacks=[callback])
         self.assertEqual(Phase.FIXED, layer.phase)
         for weight in (
-            layer._counts,
+            layer._group_counts,
             layer._group_ids,
             layer._chosen_bits,
             layer._precision_logits,
@@ -666,6 +667,6 @@ class MirroredStrategyTest(tf.test.TestCase):
             replicas = _compat.tf_variable(weight).values
             self.assertLen(replicas, 2)
             self.assertAllEqual(replicas[0].numpy(), replicas[1].numpy())
-        self.assertAllEqual(
-            np.bincount(ids.ravel(), minlength=1000), layer._counts.numpy()
+        testing_utils.assert_counted(
+            layer, np.bincount(ids.ravel(), minlength=1000)
         )

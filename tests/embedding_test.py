@@ -9,6 +9,7 @@ import testing_utils
 
 import keras_mpe
 from keras_mpe import _compat
+from keras_mpe import initial_table
 from keras_mpe.embedding import Phase
 
 keras = _compat.keras
@@ -237,6 +238,69 @@ class PhaseOutputTest(tf.test.TestCase):
         self.assertAllEqual(saved, layer._embeddings.numpy())
 
 
+class RewindTest(tf.test.TestCase):
+    """The rewind target is made again from the seed, not kept."""
+
+    def test_initial_values_are_remade_from_the_seed(self):
+        # Two chunks of 65,536 rows and a part of a third.
+        rows = 2 * initial_table.CHUNK_ROWS + 5
+        layer = keras_mpe.MixedPrecisionEmbedding(rows, 2, seed=7)
+        layer.build()
+        built = layer.embeddings.numpy()
+        # Per row: the table and a one-byte group id, nothing else.
+        per_row = [
+            w for w in layer.weights if len(w.shape) and w.shape[0] == rows
+        ]
+        self.assertEqual(
+            [(rows, 2), (rows,)], [tuple(w.shape) for w in per_row]
+        )
+        self.assertEqual("int8", tf.as_dtype(layer._group_ids.dtype).name)
+        # The chunks differ (a seed per chunk); the same seed, in a new
+        # layer, gives the same table.
+        chunk = initial_table.CHUNK_ROWS
+        self.assertNotAllClose(built[:5], built[chunk : chunk + 5])
+        again = keras_mpe.MixedPrecisionEmbedding.from_config(
+            layer.get_config()
+        )
+        again.build()
+        self.assertAllEqual(built, again.embeddings.numpy())
+        other = keras_mpe.MixedPrecisionEmbedding(rows, 2, seed=8)
+        other.build()
+        self.assertNotAllClose(built, other.embeddings.numpy())
+        # Snapshot of an untrained table: no copy; the rewind remakes it.
+        layer.snapshot_embeddings()
+        self.assertIsNone(layer._rewind_copy)
+        layer.embeddings.assign(built * 3.0)
+        layer.rewind()
+        self.assertAllEqual(built, layer.embeddings.numpy())
+
+    def test_a_trained_table_is_copied_and_a_lost_copy_is_named(self):
+        layer = make_layer(seed=3)
+        pretrained = layer.embeddings.numpy() + 0.5
+        layer.embeddings.assign(pretrained)
+        layer.snapshot_embeddings()
+        self.assertIsNotNone(layer._rewind_copy)
+        layer.embeddings.assign(pretrained * 2.0)
+        layer.rewind()
+        self.assertAllEqual(pretrained, layer.embeddings.numpy())
+        # A process resuming from a checkpoint has the weights (the flag
+        # included) but not the host copy.
+        resumed = make_layer(seed=3)
+        resumed.set_weights(layer.get_weights())
+        with self.assertRaisesRegex(RuntimeError, "rewind_embeddings=False"):
+            resumed.rewind()
+
+    def test_group_ids_take_the_narrowest_type(self):
+        for groups, dtype in ((128, "int8"), (129, "int16"), (40000, "int32")):
+            layer = keras_mpe.MixedPrecisionEmbedding(
+                40000, 1, num_groups=groups
+            )
+            layer.build()
+            self.assertEqual(
+                dtype, tf.as_dtype(layer._group_ids.dtype).name, groups
+            )
+
+
 class BadInputTest(tf.test.TestCase):
     def test_constructor_arguments(self):
         cases = [
@@ -252,6 +316,8 @@ class BadInputTest(tf.test.TestCase):
             (dict(num_groups=11), "from 1 to input_dim=10. .*num_groups=11"),
             (dict(temperature=0.0), "temperature=0.0"),
             (dict(bit_penalty=-1e-3), "bit_penalty=-0.001"),
+            (dict(seed=-1), "seed=-1"),
+            (dict(seed=1.5), "seed=1.5"),
         ]
         for kwargs, message in cases:
             config = dict(input_dim=10, output_dim=2, num_groups=2)

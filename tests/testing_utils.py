@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import keras_mpe
 from keras_mpe import _compat
+from keras_mpe import frequency
 
 keras = _compat.keras
 
@@ -36,6 +37,16 @@ def assert_same_predictions(expected, actual):
     """
     np.testing.assert_allclose(
         np.asarray(actual), np.asarray(expected), rtol=1e-6, atol=1e-6
+    )
+
+
+def assert_counted(layer, counts):
+    """The layer's groups and per-group counts are those of `counts` (the
+    ids' true counts per row)."""
+    expected = frequency.group_by_frequency(counts, layer.num_groups)
+    np.testing.assert_array_equal(expected.group_ids, layer._group_ids.numpy())
+    np.testing.assert_array_equal(
+        expected.group_counts, layer.group_summary().count
     )
 
 
