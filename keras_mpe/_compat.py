@@ -6,6 +6,8 @@ TensorFlow Recommenders) and Keras 3 otherwise. Everything that differs
 between the two lives here.
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -52,6 +54,28 @@ def check_strategy(strategy, caller: str):
             "docs/scaling.md), or MirroredStrategy / "
             "MultiWorkerMirroredStrategy under Keras 3."
         )
+
+
+def on_parameter_servers(weight) -> bool:
+    """Whether `weight` lives on a ParameterServerStrategy's servers: a
+    partitioned variable, or a shard or variable in one of the strategy's
+    wrappers (`tensorflow/python/distribute/ps_values.py`, private)."""
+    variable = tf_variable(weight)
+    sharded = tf.__internal__.distribute.ShardedVariable
+    wrappers = ("AggregatingVariable", "CachingVariable")
+    return isinstance(variable, sharded) or type(variable).__name__ in wrappers
+
+
+def gathered_weights(layer) -> list:
+    """`layer.get_weights()`, each partitioned variable's parts (listed
+    apart by tf_keras as `<name>/part_<i>`) joined along axis 0."""
+    joined = {}  # insertion ordered: the first part's position
+    pairs = zip(layer.weights, layer.get_weights(), strict=True)
+    for position, (weight, value) in enumerate(pairs):
+        part = re.fullmatch(r"(.*)/part_\d+(:\d+)?", weight.name)
+        key = part.group(1) if part else position
+        joined.setdefault(key, []).append(value)
+    return [np.concatenate(values) for values in joined.values()]
 
 
 def tf_variable(weight):
@@ -106,7 +130,9 @@ def _copies(variable) -> list:
 def assign_rows(weight, start: int, values):
     """Assigns `values` `(n, ...)` to rows [start, start + n) of `weight`
     (a variable, a partitioned or a mirrored one, or one on a parameter
-    server) without reading the rest: a scatter per shard and per copy."""
+    server) without reading the rest: a scatter per shard and per copy.
+    (A slice assignment copied the whole variable each time: 0.11 s per
+    call at 1e7 x 16, against 1.5 ms.)"""
     stop = start + int(values.shape[0])
     for variable, first, offset in _row_blocks(weight, start, stop):
         count = min(stop - start - offset, variable.shape[0] - first)
@@ -119,11 +145,12 @@ def assign_rows(weight, start: int, values):
 
 def read_rows(weight, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of `weight` (a variable, a partitioned or a
-    mirrored one)."""
+    mirrored one), gathered: a slice would read the whole variable."""
     pieces = []
     for variable, first, offset in _row_blocks(weight, start, stop):
         count = min(stop - start - offset, variable.shape[0] - first)
-        pieces.append(_copies(variable)[0][first : first + count].numpy())
+        rows = tf.range(first, first + count)
+        pieces.append(tf.gather(_copies(variable)[0], rows).numpy())
     return np.concatenate(pieces)
 
 

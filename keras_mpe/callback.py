@@ -26,7 +26,6 @@ import tensorflow as tf
 
 from keras_mpe import _compat
 from keras_mpe import frequency
-from keras_mpe import initial_table
 from keras_mpe import summaries
 from keras_mpe.embedding import Phase
 from keras_mpe.model_layers import find_layers
@@ -434,9 +433,8 @@ def _reset_optimizer(optimizer):
     for variable in _compat.optimizer_variables(optimizer):
         if any(variable is setting for setting in settings):
             continue
-        if len(variable.shape) >= 1:
-            # A table's moments: zeroed in chunks, not through a second
-            # table-sized tensor of zeros.
-            initial_table.zero(variable)
-        else:
-            variable.assign(tf.zeros(variable.shape, variable.dtype))
+        # One assignment: zeroing a table's moments row by row (scatters,
+        # or slices) left them copied on the next reads, a table's worth
+        # more peak memory (`benchmarks/memory.py`); a zero tensor is
+        # freed at once, below the training step's own peak.
+        variable.assign(tf.zeros(variable.shape, variable.dtype))

@@ -168,6 +168,36 @@ def _resources(model) -> list:
     return found
 
 
+def _on_one_machine(model):
+    """`model`, or a copy of it with its weights gathered from parameter
+    servers.
+
+    A model built under `ParameterServerStrategy` holds its variables on
+    the parameter servers, partitioned ones as shards, which a SavedModel
+    function cannot capture (`convert` keeps the other layers, so its
+    result holds them too). A functional or Sequential model is cloned
+    outside the strategy and given the same weights; a subclassed one
+    cannot be cloned generically.
+    """
+    if not any(_compat.on_parameter_servers(w) for w in model.weights):
+        return model
+    if not _compat.is_graph_model(model):
+        raise ValueError(
+            f"export_saved_model: model '{model.name}' holds variables "
+            "of a ParameterServerStrategy and is subclassed, so it cannot be "
+            "copied off the parameter servers here. Build the same model "
+            "outside the strategy's scope, call it once, "
+            "`set_weights(model.get_weights())`, and export that."
+        )
+    with tf.distribute.get_strategy().scope():  # the default strategy
+        copy = _compat.clone_model(
+            model, lambda layer: type(layer).from_config(layer.get_config())
+        )
+    for original, copied in zip(model.layers, copy.layers, strict=True):
+        copied.set_weights(_compat.gathered_weights(original))
+    return copy
+
+
 def export_saved_model(
     model,
     path,
@@ -187,6 +217,9 @@ def export_saved_model(
 
     Args:
         model: A Keras model, usually the result of `keras_mpe.convert`.
+            One trained under `ParameterServerStrategy` is exported from
+            a copy with its weights gathered (functional or Sequential
+            models only).
         path: String. The version folder (`<base>/<model name>/<version>`).
         signature: Dict of name -> `tf.TensorSpec` (or
             `tf.RaggedTensorSpec` / `tf.SparseTensorSpec`, served as their
@@ -218,6 +251,7 @@ def export_saved_model(
             f"export_saved_model: path={path!r} exists and is not empty. "
             "Pass overwrite=True to replace it."
         )
+    model = _on_one_machine(model)
     if signature is None:
         signature, to_model_inputs = _inferred_signature(model)
     else:

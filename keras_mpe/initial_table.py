@@ -7,8 +7,7 @@ table itself, so the layer keeps a seed instead: rows
 seed `seed + c` (initializers without a seed, such as "zeros", give the
 same values anyway), generated again whenever needed. Working one chunk
 at a time, making the table, comparing it and rewinding it need one
-chunk's memory next to the table; so do the other whole-table passes
-here (its mean |e|, zeroing an optimizer's moments).
+chunk's memory next to the table, and so does its mean |e| here.
 """
 
 import numpy as np
@@ -54,14 +53,6 @@ def mean_abs(weight) -> float:
             dtype=np.float64
         )
     return total / max(1, np.prod(weight.shape))
-
-
-def zero(weight):
-    """Sets a `(rows, ...)` weight to zeros, one chunk at a time."""
-    rows = weight.shape[0]
-    for start in range(0, rows, CHUNK_ROWS):
-        shape = (min(CHUNK_ROWS, rows - start), *weight.shape[1:])
-        _compat.assign_rows(weight, start, tf.zeros(shape, weight.dtype))
 
 
 def holds_initial_values(weight, initializer, seed: int) -> bool:

@@ -129,6 +129,21 @@ def test_keras_rs_ranking_trains_converts_and_exports(tmp_path):
     assert float(compression) > 1.0, compression
 
 
+@pytest.mark.slow
+@testing_utils.needs_legacy_keras
+def test_distributed_ps_trains_on_an_in_process_cluster(tmp_path):
+    export = tmp_path / "ps" / "1"
+    out = _run(
+        "distributed_ps.py",
+        *("--rows", "4000", "--epochs", "1", "--search-epochs", "2"),
+        *("--export-dir", str(export)),
+    )
+    assert "in shards of [" in out
+    assert "chosen bits per group" in out
+    assert (export / "saved_model.pb").exists()
+    assert "served predictions of 500 test rows" in out
+
+
 @pytest.mark.parametrize(
     "script, expected",
     [
@@ -139,6 +154,7 @@ def test_keras_rs_ranking_trains_converts_and_exports(tmp_path):
         ("tfrs_movielens.py", ["--data:", "--search-epochs:", "'0.003'"]),
         ("tfrs_retrieval.py", ["--data:", "--top-k:", "'0.01'"]),
         ("serving_client.py", ["--model-dir:", "--[no]dry-run:", "'4'"]),
+        ("distributed_ps.py", ["--workers:", "--ps:", "--layout:"]),
     ],
 )
 def test_help_lists_the_flags_with_their_defaults(script, expected):
