@@ -108,6 +108,8 @@ class FixedBitTest(tf.test.TestCase):
     def test_bytes_layout_with_every_row_pruned(self):
         layer = keras_mpe.MixedPrecisionEmbedding(50, 4, num_groups=2)
         layer.set_frequencies(np.arange(50))
+        steps, _ = layer.quantizer_parameters()
+        layer.set_quantizer_parameters(steps, [0.5, -0.25, 3.0, 1e-3])
         layer.fix_bits([0, 0])
         fixed = FixedBitEmbedding.from_searched(layer, layout="bytes")
         self.assertEqual(0, fixed.num_bytes)

@@ -329,8 +329,8 @@ PATCHES = (
     Patch(
         "ids-cast-before-the-check",
         "keras_mpe/ids.py",
-        "wide = tf.cast(ids, tf.int64)",
-        "wide = tf.cast(tf.cast(ids, tf.int32), tf.int64)",
+        "unsigned = tf.uint64 if ids.dtype.size == 8 else tf.uint32",
+        "unsigned = tf.uint32",
         (IDS_EMBEDDING + "test_ids_out_of_range_eager",),
         "an int64 id 2^32 + 5 wraps to row 5 instead of failing",
     ),
@@ -357,6 +357,26 @@ PATCHES = (
         "ids = ids",
         (IDS + "PaddingCountTest::test_padding_is_not_counted",),
         "padding counts as the most frequent id and takes the most bits",
+    ),
+    # The speed-first layout and the remade initial table.
+    Patch(
+        "bytes-pruned-rows-get-the-offset",
+        "keras_mpe/fixed_bit.py",
+        "steps = tf.where(stored, steps, -offset)",
+        "steps = tf.where(stored, steps, 0.0 * offset)",
+        (FIXED_BIT + "test_bytes_layout_with_every_row_pruned",),
+        'pruned ids read beta instead of 0 in the "bytes" layout',
+    ),
+    Patch(
+        "one-seed-for-every-chunk",
+        "keras_mpe/initial_table.py",
+        'config["seed"] = (seed + chunk) % MAX_SEED',
+        'config["seed"] = seed % MAX_SEED',
+        (
+            "tests/embedding_test.py::RewindTest::"
+            "test_initial_values_are_remade_from_the_seed",
+        ),
+        "every 65,536-row chunk of the initial table repeats the first",
     ),
 )
 
