@@ -213,7 +213,7 @@ def bytes_stages(fixed, float_table):
 
     def gathered(x):
         _, slots = fixed.locate(_flat_checked(fixed, x))
-        return tf.gather(codes, tf.minimum(slots, codes.shape[0] - 1))
+        return tf.gather(codes, slots)  # rows of the one matrix
 
     def cast(x):
         return tf.cast(tf.bitcast(gathered(x), tf.int8), tf.float32)

@@ -106,6 +106,7 @@ def main(args):
             "TF_USE_LEGACY_KERAS=1 (pip install tf-keras)."
         )
     resolver = in_process_cluster(args.workers, args.ps)
+    # Shards of at least 64 rows of the table, at most one per server.
     strategy = parameter_server_strategy(resolver, args.ps, args.dim * 4 * 64)
     cardinalities = datasets.field_cardinalities(args.max_cardinality)
     vocabulary = sum(cardinalities)

@@ -240,9 +240,9 @@ class FixedBitEmbedding(keras.layers.Layer):
             _compat.read(self._step_sizes),
             [max(bits, 1) - 1 for bits, _ in self.class_rows],
         )
-        steps = quantizer.effective_step(steps)[:, None] + tf.zeros_like(offset)
+        steps = quantizer.effective_step(steps)[:, None]
         stored = tf.constant([[bits > 0] for bits, _ in self.class_rows])
-        steps = tf.where(stored, steps, -offset)
+        steps = tf.where(stored, steps, -offset)  # broadcast: (C, dim)
         values = quantizer.dequantize(codes, tf.gather(steps, classes), offset)
         return _unfused(values) if _compat.in_xla_compilation() else values
 
