@@ -42,8 +42,7 @@ def check_strategy(strategy, caller: str):
     datasets from `ClusterCoordinator.create_per_worker_dataset`, which it
     does not make); tf_keras can.
     """
-    parameter_server = tf.distribute.experimental.ParameterServerStrategy
-    if IS_KERAS_3 and isinstance(strategy, parameter_server):
+    if IS_KERAS_3 and is_parameter_server(strategy):
         raise ValueError(
             f"{caller}: Keras 3 cannot train with "
             "tf.distribute.experimental.ParameterServerStrategy: `model.fit` "
@@ -54,6 +53,31 @@ def check_strategy(strategy, caller: str):
             "docs/scaling.md), or MirroredStrategy / "
             "MultiWorkerMirroredStrategy under Keras 3."
         )
+
+
+def is_parameter_server(strategy) -> bool:
+    """Whether `strategy` is a `ParameterServerStrategy`."""
+    return isinstance(
+        strategy, tf.distribute.experimental.ParameterServerStrategy
+    )
+
+
+def worker_count(strategy) -> int:
+    """How many machines run steps under `strategy`: the workers (and the
+    chief, which runs steps under MultiWorkerMirroredStrategy) of its
+    cluster, 1 for a strategy without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None and is_parameter_server(strategy):
+        # Its public `cluster_resolver` is None: it keeps the one it was
+        # given in `_cluster_resolver` (parameter_server_strategy_v2.py).
+        resolver = strategy._cluster_resolver
+    spec = resolver.cluster_spec() if resolver is not None else None
+    if not spec or not spec.jobs:
+        return 1
+    workers = spec.num_tasks("worker") if "worker" in spec.jobs else 0
+    if not is_parameter_server(strategy) and "chief" in spec.jobs:
+        workers += spec.num_tasks("chief")
+    return max(workers, 1)
 
 
 def on_parameter_servers(weight) -> bool:

@@ -55,7 +55,9 @@ class MPECallback(keras.callbacks.Callback):
 
     Args:
         frequency_data: Iterable of training batches (a `tf.data.Dataset`),
-            as given to `fit`. Streamed once at the start to count ids.
+            as given to `fit`. Streamed once at the start to count ids;
+            under a multi-worker strategy a `tf.data.Dataset`, of which
+            each worker counts a shard (`frequency.count_ids`).
         search_epochs: Integer. Epochs before the precisions are chosen,
             warm-up included. `fit` must run more epochs than this.
         warmup_epochs: Integer from 0 to `search_epochs - 1`, or None for

@@ -32,7 +32,10 @@ Variables:
 | precision_logits   | (groups, K)      | float32 | yes     | gamma           |
 | group_ids          | (rows,)          | int8    | no      | g(i) (int16,    |
 |                    |                  |         |         | int32 past 127, |
-|                    |                  |         |         | 32767 groups)   |
+|                    |                  |         |         | 32767 groups;   |
+|                    |                  |         |         | int32 under     |
+|                    |                  |         |         | MultiWorker-    |
+|                    |                  |         |         | Mirrored)       |
 | group_counts       | (groups,)        | int64   | no      | C_g, lookups    |
 | rewinds_to_copy    | ()               | int32   | no      | 1: the rewind   |
 |                    |                  |         |         | target is a     |
@@ -146,7 +149,12 @@ def _validate_bit_candidates(bit_candidates):
 
 
 def _group_id_dtype(num_groups: int) -> str:
-    """The narrowest signed integer type holding the group ids."""
+    """The narrowest signed integer type holding the group ids (int32 under
+    MultiWorkerMirroredStrategy, whose broadcast of initial values takes
+    no narrower integer)."""
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "int32"
     for dtype in ("int8", "int16"):
         if num_groups - 1 <= np.iinfo(dtype).max:
             return dtype

@@ -175,23 +175,44 @@ def _spec(inputs):
 def count_ids(model, layers, dataset, verbose: int = 0) -> list:
     """Counts how often each row of each layer is looked up over `dataset`.
 
+    Where the counting runs follows the model's distribution strategy:
+
+    - one machine (no strategy, `MirroredStrategy`): here, batch by batch;
+    - `MultiWorkerMirroredStrategy` with several workers: each worker
+      counts its shard of `dataset` (split as `fit` splits it, by the
+      dataset's auto-shard policy) and the counts are summed across the
+      workers, so every worker gets the whole data set's counts;
+    - `ParameterServerStrategy`: on the workers, one shard of `dataset`
+      per worker (`dataset.shard`), each added into count variables on
+      the parameter servers; the coordinator reads only the totals.
+
     Args:
         model: The Keras model that holds `layers`.
         layers: The MixedPrecisionEmbedding layers to count for.
         dataset: Iterable of batches, as given to `model.fit`: `x`,
-            `(x, y)` or `(x, y, sample_weight)`.
+            `(x, y)` or `(x, y, sample_weight)`. A `tf.data.Dataset` under a
+            multi-worker strategy.
         verbose: Integer. 1 shows a Keras progress bar of the batches.
 
     Returns:
         One int64 array `(layer.input_dim,)` of counts per layer.
     """
     check_frequency_data(dataset)
-    counts = [np.zeros(layer.input_dim, np.int64) for layer in layers]
+    strategy = model.distribute_strategy
+    workers = _compat.worker_count(strategy)
+    if workers > 1 and not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "`frequency_data` must be a tf.data.Dataset under "
+            f"{type(strategy).__name__} with {workers} workers, so that "
+            "each worker counts its shard. Received: frequency_data="
+            f"{type(dataset).__name__}"
+        )
     with contextlib.ExitStack() as stack:
         recorders = [stack.enter_context(layer.counting()) for layer in layers]
 
-        @tf.function(reduce_retracing=True)
-        def count_batch(inputs):
+        def batch_ids(inputs):
+            """Each layer's unique ids in `inputs` and their counts
+            (traced within a tf.function)."""
             for recorder in recorders:
                 recorder.take()  # what an earlier trace left
             _forward(model, inputs)
@@ -211,11 +232,36 @@ def count_ids(model, layers, dataset, verbose: int = 0) -> list:
                 batch_counts.append((unique, count))
             return batch_counts
 
-        total_batches = 0
-        progress = _compat.keras.utils.Progbar(
-            _batches(dataset), verbose=verbose, unit_name="batch"
-        )
-        for batch in dataset:
+        if _compat.is_parameter_server(strategy):
+            return _count_on_workers(
+                strategy, layers, batch_ids, dataset, workers, verbose
+            )
+        if workers > 1:
+            dataset = strategy.experimental_distribute_dataset(dataset)
+        counts = _count_here(model, layers, batch_ids, dataset, verbose)
+        if workers > 1:
+            counts = _summed_over_workers(strategy, counts)
+        return counts
+
+
+def _count_here(model, layers, batch_ids, dataset, verbose) -> list:
+    """Counts batch by batch in this process (a distributed dataset: the
+    batches of this worker's replicas)."""
+    counts = [np.zeros(layer.input_dim, np.int64) for layer in layers]
+    count_batch = tf.function(batch_ids, reduce_retracing=True)
+    distributed = isinstance(dataset, tf.distribute.DistributedDataset)
+    total_batches = 0
+    progress = _compat.keras.utils.Progbar(
+        None if distributed else _batches(dataset),
+        verbose=verbose,
+        unit_name="batch",
+    )
+    for element in dataset:
+        if distributed:
+            batches = _local_batches(model.distribute_strategy, element)
+        else:
+            batches = [element]
+        for batch in batches:
             inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
             if total_batches == 0:
                 _check_batched(model, inputs)
@@ -233,5 +279,81 @@ def count_ids(model, layers, dataset, verbose: int = 0) -> list:
                 counts, batch_counts, strict=True
             ):
                 total[unique.numpy()] += count.numpy()
-            progress.add(1)
+        progress.add(1)
     return counts
+
+
+def _local_batches(strategy, element) -> list:
+    """The batches of this worker's replicas in an element of a
+    distributed dataset."""
+    flat = [
+        strategy.experimental_local_results(x) for x in tf.nest.flatten(element)
+    ]
+    return [
+        tf.nest.pack_sequence_as(element, [x[replica] for x in flat])
+        for replica in range(len(flat[0]))
+    ]
+
+
+def _summed_over_workers(strategy, counts) -> list:
+    """`counts` summed over the workers of a multi-worker strategy."""
+    local = [tf.constant(c) for c in counts]
+    zeros = [tf.zeros_like(c) for c in local]
+    given = []
+
+    def this_worker(context):
+        del context  # called once per local replica, in order
+        given.append(None)
+        return local if len(given) == 1 else zeros
+
+    values = strategy.experimental_distribute_values_from_function(this_worker)
+    return [np.asarray(strategy.reduce("SUM", c, axis=None)) for c in values]
+
+
+def _count_on_workers(strategy, layers, batch_ids, dataset, workers, verbose):
+    """Counts under a ParameterServerStrategy: worker w runs a closure that
+    adds up every batch of `dataset.shard(workers, w)` into count
+    variables on the parameter servers."""
+    coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(
+        strategy
+    )
+    with strategy.scope():
+        totals = [
+            tf.Variable(tf.zeros([layer.input_dim], tf.int64), trainable=False)
+            for layer in layers
+        ]
+        added = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+
+    @tf.function
+    def count_shard(iterator):
+        counted = tf.constant(0, tf.int64)
+        for batch in iterator:
+            inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
+            for total, (unique, count) in zip(
+                totals, batch_ids(inputs), strict=True
+            ):
+                total.scatter_add(
+                    tf.IndexedSlices(tf.cast(count, tf.int64), unique)
+                )
+            added.assign_add(1)
+            counted += 1
+        return counted
+
+    shards = [
+        iter(coordinator.create_per_worker_dataset(dataset.shard(workers, w)))
+        for w in range(workers)
+    ]
+    results = [coordinator.schedule(count_shard, args=(s,)) for s in shards]
+    coordinator.join()
+    counted = sum(int(result.fetch()) for result in results)
+    # A closure that a lost worker left part-way is run again on another
+    # worker: its shard's first batches would be counted twice.
+    if counted != int(added.numpy()):
+        raise RuntimeError(
+            f"Counting added {int(added.numpy())} batches for {counted} "
+            "batches read: a worker failed during the counting pass. Run "
+            "`fit` again."
+        )
+    if verbose:
+        _compat.print_msg(f"Counted {counted} batches on {workers} workers.")
+    return [_compat.read_rows(total, 0, total.shape[0]) for total in totals]

@@ -23,6 +23,7 @@ import testing_utils  # noqa: E402
 
 import keras_mpe  # noqa: E402
 from keras_mpe import _compat  # noqa: E402
+from keras_mpe import frequency  # noqa: E402
 
 ROWS = 1000
 
@@ -56,6 +57,10 @@ def refuse():
 
 
 def train(folder):
+    def on_the_coordinator(*args, **kwargs):
+        raise AssertionError("counted on the coordinator")
+
+    frequency._count_here = on_the_coordinator
     # The cluster first: tensors made before it live on a device that
     # the cluster's eager context no longer knows.
     scope = strategy().scope()
@@ -69,6 +74,12 @@ def train(folder):
     table = _compat.read_rows(layer.embeddings, 0, ROWS)
     wanted = np.array([[600, 0, 999, 499, 500]])
     np.testing.assert_array_equal(table[wanted[0]], layer(wanted)[0].numpy())
+    assert _compat.worker_count(model.distribute_strategy) == 2
+    try:
+        frequency.count_ids(model, [layer], list(data))
+        raise AssertionError("counted batches that are not a dataset")
+    except ValueError as error:
+        assert "must be a tf.data.Dataset under Parameter" in str(error)
     callback = keras_mpe.MPECallback(data, search_epochs=2, verbose=0)
     model.fit(data.repeat(), epochs=3, steps_per_epoch=8, verbose=0,
               callbacks=[callback])  # fmt: skip

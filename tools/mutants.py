@@ -378,6 +378,29 @@ PATCHES = (
         ),
         "every 65,536-row chunk of the initial table repeats the first",
     ),
+    Patch(
+        "workers-count-everything",
+        "keras_mpe/frequency.py",
+        "dataset = strategy.experimental_distribute_dataset(dataset)",
+        "pass",
+        (
+            "tests/distribute_test.py::"
+            "test_multi_worker_counts_are_summed_over_the_workers_shards",
+        ),
+        "each worker counts all of frequency_data: the summed counts double",
+    ),
+    Patch(
+        "parameter-servers-count-one-shard",
+        "keras_mpe/frequency.py",
+        "for w in range(workers)",
+        "for w in range(1)",
+        (
+            "tests/distribute_test.py::"
+            "test_sharded_table_trains_counts_converts_and_exports",
+        ),
+        "only the first worker's shard of frequency_data is counted",
+        modes=("2",),
+    ),
 )
 
 
