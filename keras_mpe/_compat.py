@@ -178,6 +178,21 @@ def read_rows(weight, start: int, stop: int) -> np.ndarray:
     return np.concatenate(pieces)
 
 
+def optimizer_steps(optimizer) -> int:
+    """The optimizer's step counter (`iterations`), as an int (it may be a
+    distributed variable)."""
+    return int(tf.convert_to_tensor(optimizer.iterations).numpy())
+
+
+def current_learning_rate(optimizer) -> float:
+    """The optimizer's learning rate at its current step (a schedule's
+    value at `iterations`)."""
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer_steps(optimizer))
+    return float(tf.convert_to_tensor(rate).numpy())
+
+
 def optimizer_variables(optimizer):
     """The optimizer's state variables (a list in Keras 3, callable in 2)."""
     return list(optimizer.variables)

@@ -91,12 +91,15 @@ class MPECallback(keras.callbacks.Callback):
             instead of the size: at selection, the smallest size budget
             (bits per element, from `budget_levels`) whose monitored
             validation metric, measured on `validation_data` with the
-            chosen bits before retraining, is within this much of the best
-            search epoch's (below it for "max" metrics, above it for "min"
-            ones such as a loss). Needs `monitor="val_<metric>"` and
-            `validation_data`; replaces `target_bits`. The sizes tried, their
-            metric and whether it held are kept in `budget_trials`; when no
-            size holds, the largest is taken.
+            chosen bits before retraining, is within this much of the
+            largest budget's (every group at its largest candidate),
+            measured first with the same weights: below it for "max"
+            metrics, above it for "min" ones such as a loss. Comparing
+            sizes on the same weights leaves out how the model changed
+            between epochs. Needs `monitor="val_<metric>"` and
+            `validation_data`; replaces `target_bits`. The sizes tried
+            (the largest first), their metric and whether it held are kept
+            in `budget_trials`.
         validation_data: Dataset of `(x, y)` batches, as given to `fit`'s
             `validation_data`; used by `max_metric_drop` only.
         log_dir: String or None. A TensorBoard log folder (the one given to
@@ -190,6 +193,8 @@ class MPECallback(keras.callbacks.Callback):
         self.reset_optimizer = reset_optimizer
         self.verbose = verbose
         self.layers = []
+        self._first_epoch = None
+        self._first_step = 0
 
     # ----------------------------------------------------------- Keras hooks
     def set_model(self, model):
@@ -217,8 +222,14 @@ class MPECallback(keras.callbacks.Callback):
             )
         if not all(layer.has_frequencies for layer in self.layers):
             self._count_frequencies()
+        self._first_epoch = None  # this fit's, set by on_epoch_begin
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch is None:
+            # Where this fit starts (a resumed one later than 0), to
+            # count the steps an epoch takes.
+            self._first_epoch = epoch
+            self._first_step = _compat.optimizer_steps(self.model.optimizer)
         if epoch == 0:
             # A fit from epoch 0 starts a new search (a resumed one starts
             # later and keeps what its checkpoint restored).
@@ -230,10 +241,14 @@ class MPECallback(keras.callbacks.Callback):
             if any(layer.phase != Phase.FIXED for layer in self.layers):
                 self._select()
         elif epoch >= self.warmup_epochs:
-            for layer in self.layers:
-                if layer.phase == Phase.FLOAT:
-                    layer.initialize_step_sizes()
-                    layer.set_phase(Phase.SEARCH)
+            starting = [
+                layer for layer in self.layers if layer.phase == Phase.FLOAT
+            ]
+            if starting:
+                self._set_search_length(epoch, starting)
+            for layer in starting:
+                layer.initialize_step_sizes()
+                layer.set_phase(Phase.SEARCH)
         else:
             for layer in self.layers:
                 layer.set_phase(Phase.FLOAT)
@@ -260,6 +275,46 @@ class MPECallback(keras.callbacks.Callback):
         bits = [layer.average_bits() for layer in self.layers]
         return float(np.dot(sizes, bits) / sum(sizes))
 
+    def _steps_per_epoch(self, epoch):
+        """Optimizer steps per epoch: `fit`'s, else those the epochs so
+        far took, else the batches of `frequency_data`; None if unknown."""
+        steps = self.params.get("steps")
+        if not steps and epoch > self._first_epoch:
+            done = _compat.optimizer_steps(self.model.optimizer)
+            done -= self._first_step
+            steps = done // (epoch - self._first_epoch)
+        if not steps:
+            steps = frequency.batch_count(self.frequency_data)
+        return steps or None
+
+    def _set_search_length(self, epoch, layers):
+        """Gives the layers whose temperature is None the search's length
+        (`MixedPrecisionEmbedding.set_search_length`)."""
+        auto = [layer for layer in layers if layer.temperature is None]
+        if not auto:
+            return
+        steps = self._steps_per_epoch(epoch)
+        if steps is None:
+            warnings.warn(
+                "MPECallback: the number of steps per epoch is unknown (no "
+                "`steps_per_epoch`, a dataset of unknown length, no warm-up "
+                "epoch to count them), so the layers' temperature stays "
+                f"{auto[0].current_temperature:g}. Give fit "
+                "`steps_per_epoch`, or the layers a `temperature`.",
+                stacklevel=2,
+            )
+            return
+        search_steps = steps * (self.search_epochs - epoch)
+        rate = _compat.current_learning_rate(self.model.optimizer)
+        for layer in auto:
+            layer.set_search_length(search_steps, rate)
+            if self.verbose:
+                _compat.print_msg(
+                    f"MPECallback: {layer.name}: {search_steps} search steps "
+                    f"at learning rate {rate:g}: temperature "
+                    f"{layer.current_temperature:.3g}"
+                )
+
     def _count_frequencies(self):
         counts = frequency.count_ids(
             self.model, self.layers, self.frequency_data, verbose=self.verbose
@@ -278,17 +333,17 @@ class MPECallback(keras.callbacks.Callback):
                     f"{layer.input_dim} ids into {layer.num_groups} groups"
                 )
 
-    def _budget_within_metric_drop(self, reference):
-        """The smallest size budget whose validation metric, measured
-        with the chosen bits before retraining, stays within
-        `max_metric_drop` of the best search epoch's (binary search over
+    def _budget_within_metric_drop(self):
+        """The smallest size budget whose validation metric stays within
+        `max_metric_drop` of the largest budget's, both measured with the
+        weights as they are at selection (binary search over
         `budget_levels`: a larger budget is assumed no worse)."""
         key = self.monitor[len("val_") :]
         candidates = {b for layer in self.layers for b in layer.bit_candidates}
         levels = budget_levels(candidates)
         sign = 1.0 if self.mode == "max" else -1.0
 
-        def holds(level):
+        def measure(level):
             for layer in self.layers:
                 layer.fix_bits(layer.select_bits(target_bits=level))
             scores = self.model.evaluate(
@@ -299,11 +354,18 @@ class MPECallback(keras.callbacks.Callback):
                     f"MPECallback: `monitor={self.monitor!r}` needs "
                     f"'{key}' from model.evaluate; it gave {sorted(scores)}"
                 )
-            ok = sign * (scores[key] - reference) >= -self.max_metric_drop
-            self.budget_trials.append((level, float(scores[key]), bool(ok)))
+            return float(scores[key])
+
+        reference = measure(levels[-1])
+        self.budget_trials.append((levels[-1], reference, True))
+
+        def holds(level):
+            value = measure(level)
+            ok = sign * (value - reference) >= -self.max_metric_drop
+            self.budget_trials.append((level, value, bool(ok)))
             return ok
 
-        low, high = 0, len(levels) - 1  # levels[high]: the fallback
+        low, high = 0, len(levels) - 1  # levels[high] holds by definition
         while low < high:
             middle = (low + high) // 2
             if holds(levels[middle]):
@@ -313,10 +375,11 @@ class MPECallback(keras.callbacks.Callback):
         self.model.reset_metrics()  # the epoch's training metrics start clean
         if self.verbose:
             _compat.print_msg(
-                f"MPECallback: {self.monitor} of the best search epoch "
-                f"{reference:.5f}; tried (bits per element, {key}, within "
-                f"{self.max_metric_drop}): {self.budget_trials}; "
-                f"chose {levels[low]:.3f} bits per element"
+                f"MPECallback: {self.monitor} at the largest size "
+                f"({levels[-1]:g} bits per element) {reference:.5f}; tried "
+                f"(bits per element, {key}, within {self.max_metric_drop}): "
+                f"{self.budget_trials}; chose {levels[low]:.3f} bits per "
+                "element"
             )
         return levels[low]
 
@@ -336,14 +399,13 @@ class MPECallback(keras.callbacks.Callback):
                 layer.keep_search_state(value)
 
     def _select(self):
-        best = self.layers[0].kept_score  # restoring forgets it
         for layer in self.layers:
             if layer.kept_score is not None:
                 layer.restore_search_state()
             _warn_if_unmoved(layer)
         target_bits = self.target_bits
         if self.max_metric_drop is not None:
-            target_bits = self._budget_within_metric_drop(best)
+            target_bits = self._budget_within_metric_drop()
         for layer in self.layers:
             layer.fix_bits(
                 layer.select_bits(self.selection, self.seed, target_bits)
@@ -421,8 +483,8 @@ def _warn_if_unmoved(layer):
             f"{UNMOVED}): the search learned little, so the chosen bits "
             "(and any target_bits budget) hardly reflect it. Search for "
             "more steps (search_epochs, smaller batches), or lower the "
-            f"layer's temperature (now {layer.temperature:g}) so that the "
-            "logits move the distributions faster.",
+            f"layer's temperature (now {layer.current_temperature:g}) so "
+            "that the logits move the distributions faster.",
             stacklevel=2,
         )
 

@@ -43,6 +43,9 @@ Variables:
 | group_weights      | (groups,)        | float32 | no      | c_g             |
 | chosen_bits        | (groups,)        | int32   | no      | b*_g            |
 | phase              | ()               | int32   | no      | FLOAT/SEARCH/.. |
+| temperature        | ()               | float32 | no      | tau (set from   |
+|                    |                  |         |         | the search's    |
+|                    |                  |         |         | length if None) |
 | kept_<name>        | as <name>        | float32 | no      | best epoch's    |
 |                    |                  |         |         | logits, steps,  |
 |                    |                  |         |         | offset          |
@@ -92,6 +95,14 @@ from keras_mpe.storage import MAX_BITS
 
 keras = _compat.keras
 DEFAULT_GROUPS = 128
+# With `temperature=None`: tau until the search's length is known, and the
+# softmax distance a logit can travel over the whole search
+# (tau = learning rate * search steps / LOGIT_TRAVEL). 16 lets a precision
+# that the gradients favour at every step end e^16 times as likely as
+# one they disfavour at every step; the real samples' searches that
+# compressed in benchmarks/RESULTS.md ran at 10-17.
+AUTO_TEMPERATURE_START = 0.1
+LOGIT_TRAVEL = 16.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,12 +270,17 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         num_groups: Integer from 1 to `input_dim`, or None for
             min(128, input_dim) (128 is the reference's). Number of
             frequency groups, each with its own precision.
-        temperature: Positive float. Softmax temperature tau of the
-            precision logits. Adam moves the logits by about the learning
-            rate per step, so the distribution sharpens about 1/tau times
-            faster than the rest of the model learns: the reference value
-            3e-3 can lock every group onto one precision within a few dozen
-            steps; the default 0.1 lets the task loss take part.
+        temperature: Positive float, or None (default) to set it from the
+            length of the search. The softmax temperature tau of the
+            precision logits. Adam moves a logit by at most about the
+            learning rate per step, so over a search of S steps at
+            learning rate lr the softmax sees a logit move by at most
+            lr * S / tau. None: `MPECallback` sets tau = lr * S /
+            `LOGIT_TRAVEL` (16) when the search starts, so that the search
+            behaves the same at 50 steps and at 50,000; before that (and
+            without the callback) tau is `AUTO_TEMPERATURE_START` (0.1). A
+            number fixes tau (the reference's is 3e-3 for about 30,000
+            steps).
         bit_penalty: Non-negative float. Weight lambda of the bit penalty.
         embeddings_initializer: Initializer of the table.
         seed: Integer or None. Seed of the table's initial values, which
@@ -303,7 +319,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         output_dim: int,
         bit_candidates=(0, 1, 2, 3, 4, 5, 6),
         num_groups=None,
-        temperature: float = 0.1,
+        temperature=None,
         bit_penalty: float = 3e-4,
         embeddings_initializer="uniform",
         combiner=None,
@@ -317,10 +333,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         if num_groups is None:
             num_groups = min(DEFAULT_GROUPS, input_dim)
         _validate_positive_int("num_groups", num_groups, upper=input_dim)
-        if not temperature > 0:
+        if temperature is not None and not (
+            isinstance(temperature, numbers.Real)
+            and not isinstance(temperature, bool)
+            and 0 < temperature < float("inf")
+        ):
             raise ValueError(
-                "`temperature` must be a positive number. "
-                f"Received: temperature={temperature}"
+                "`temperature` must be a positive number, or None to set it "
+                f"from the search's length. Received: temperature={temperature}"
             )
         if not bit_penalty >= 0:
             raise ValueError(
@@ -331,7 +351,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
         self.output_dim = int(output_dim)
         self.bit_candidates = _validate_bit_candidates(bit_candidates)
         self.num_groups = int(num_groups)
-        self.temperature = float(temperature)
+        self.temperature = None if temperature is None else float(temperature)
         self.bit_penalty = float(bit_penalty)
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer
@@ -422,6 +442,14 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             initializer="zeros",
             **state,
         )
+        self._temperature = weight(
+            name="temperature",
+            shape=(),
+            initializer=keras.initializers.Constant(
+                self.temperature or AUTO_TEMPERATURE_START
+            ),
+            **state,
+        )
         # The search state of the best monitored epoch, in the layer so
         # that checkpoints (BackupAndRestore) keep it.
         self._kept = {
@@ -500,7 +528,7 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
 
     def _probabilities(self):
         logits = _compat.read(self._precision_logits)
-        return tf.nn.softmax(logits / self.temperature, axis=-1)
+        return tf.nn.softmax(logits / _compat.read(self._temperature), axis=-1)
 
     def _bit_cost(self, probabilities):
         """R = sum_g (1 / c_g) * sum_b p_{g,b} * b."""
@@ -838,6 +866,33 @@ class MixedPrecisionEmbedding(keras.layers.Layer):
             initial_table.assign(
                 self._embeddings, self.embeddings_initializer, self.seed
             )
+
+    @property
+    @_built
+    def current_temperature(self) -> float:
+        """The temperature tau in use (see `temperature`)."""
+        return float(self._temperature.numpy())
+
+    @_built
+    def set_search_length(self, steps: int, learning_rate: float):
+        """With `temperature=None`, sets tau = learning_rate * steps /
+        `LOGIT_TRAVEL` for a search of `steps` optimizer steps; a fixed
+        temperature stays. `MPECallback` calls this as the search starts.
+        """
+        whole = isinstance(steps, numbers.Integral) and not isinstance(
+            steps, bool
+        )
+        if not whole or steps < 1:
+            raise ValueError(
+                f"`steps` must be a positive integer. Received: steps={steps}"
+            )
+        if not 0 < learning_rate < float("inf"):
+            raise ValueError(
+                "`learning_rate` must be a positive number. Received: "
+                f"learning_rate={learning_rate}"
+            )
+        if self.temperature is None:
+            self._temperature.assign(learning_rate * steps / LOGIT_TRAVEL)
 
     @_built
     def precision_probabilities(self) -> np.ndarray:

@@ -135,6 +135,15 @@ def check_frequency_data(dataset):
             "given to `fit` (e.g. tf.data.Dataset.from_tensor_slices((x, y))"
             f".batch(256)). Received: frequency_data={received}"
         )
+    if (
+        isinstance(dataset, tf.data.Dataset)
+        and dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+    ):
+        raise ValueError(
+            "`frequency_data` must be finite: it is read once to the end to "
+            "count ids. Pass the training data without `.repeat()`. "
+            "Received: frequency_data with infinite cardinality"
+        )
 
 
 def _check_batched(model, inputs):
@@ -154,7 +163,7 @@ def _check_batched(model, inputs):
         )
 
 
-def _batches(dataset):
+def batch_count(dataset):
     """The number of batches of `dataset`, or None where unknown."""
     if isinstance(dataset, tf.data.Dataset):
         batches = int(dataset.cardinality())
@@ -252,7 +261,7 @@ def _count_here(model, layers, batch_ids, dataset, verbose) -> list:
     distributed = isinstance(dataset, tf.distribute.DistributedDataset)
     total_batches = 0
     progress = _compat.keras.utils.Progbar(
-        None if distributed else _batches(dataset),
+        None if distributed else batch_count(dataset),
         verbose=verbose,
         unit_name="batch",
     )

@@ -38,7 +38,7 @@ def make_layer(**kwargs):
 
 def expected_search(layer, ids):
     table = layer._embeddings.numpy()
-    logits = layer._precision_logits.numpy() / layer.temperature
+    logits = layer._precision_logits.numpy() / layer.current_temperature
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     groups = layer._group_ids.numpy()
     steps, offset = layer.quantizer_parameters()
@@ -112,7 +112,7 @@ class PhaseOutputTest(tf.test.TestCase):
                 )
             )
         )
-        layer.temperature = 1.0
+        testing_utils.layer_weight(layer, "temperature").assign(1.0)
         chosen = layer.select_bits()
         self.assertAllEqual([0, 1, 4, 4], chosen)
         self.assertEqual(Phase.FLOAT, layer.phase)  # a choice, not applied
@@ -315,6 +315,8 @@ class BadInputTest(tf.test.TestCase):
             (dict(num_groups=0), "num_groups=0"),
             (dict(num_groups=11), "from 1 to input_dim=10. .*num_groups=11"),
             (dict(temperature=0.0), "temperature=0.0"),
+            (dict(temperature="0.1"), "temperature=0.1"),
+            (dict(temperature=float("inf")), "temperature=inf"),
             (dict(bit_penalty=-1e-3), "bit_penalty=-0.001"),
             (dict(seed=-1), "seed=-1"),
             (dict(seed=1.5), "seed=1.5"),
@@ -324,6 +326,18 @@ class BadInputTest(tf.test.TestCase):
             config.update(kwargs)
             with self.assertRaisesRegex(ValueError, message):
                 keras_mpe.MixedPrecisionEmbedding(**config)
+
+    def test_search_length_arguments(self):
+        layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)
+        layer.build()
+        for steps, rate, message in (
+            (0, 1e-3, "steps=0"),
+            (2.5, 1e-3, "steps=2.5"),
+            (10, 0.0, "learning_rate=0.0"),
+            (10, float("nan"), "learning_rate=nan"),
+        ):
+            with self.assertRaisesRegex(ValueError, message):
+                layer.set_search_length(steps, rate)
 
     def test_default_groups_fit_small_vocabularies(self):
         for input_dim, groups in ((50, 50), (128, 128), (10_000, 128)):

@@ -130,6 +130,11 @@ class CountingTest(tf.test.TestCase):
             ValueError, r"`frequency_data` must yield batches.*int64\[\]"
         ):
             frequency.count_ids(model, [layer], unbatched)
+        endless = tf.data.Dataset.from_tensor_slices(ids).batch(1).repeat()
+        with self.assertRaisesRegex(
+            ValueError, r"must be finite.*without `\.repeat\(\)`.*infinite"
+        ):
+            frequency.count_ids(model, [layer], endless)
 
     def test_progress_bar_follows_verbose(self):
         layer = keras_mpe.MixedPrecisionEmbedding(10, 2, num_groups=2)

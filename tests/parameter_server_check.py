@@ -88,7 +88,9 @@ def train(folder):
         layer, np.bincount(ids.ravel(), minlength=ROWS)
     )
     # The bits an unsharded layer chooses from the same counts and logits.
-    alone = keras_mpe.MixedPrecisionEmbedding(ROWS, 4, num_groups=8)
+    alone = keras_mpe.MixedPrecisionEmbedding(
+        ROWS, 4, num_groups=8, temperature=layer.current_temperature
+    )
     alone.set_frequencies(np.bincount(ids.ravel(), minlength=ROWS))
     alone._precision_logits.assign(layer._precision_logits.numpy())
     np.testing.assert_array_equal(alone.select_bits(), layer.bits_per_group())

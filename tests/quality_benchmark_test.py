@@ -115,9 +115,43 @@ def test_defaults_follow_the_data():
     assert (synthetic.epochs, synthetic.batch_size, synthetic.mlp) == (
         2, 4096, [256, 128],
     )  # fmt: skip
-    assert (criteo.temperature, synthetic.temperature) == (3e-3, 0.1)
+    # The layer's own temperature (set from the search's length).
+    assert (criteo.temperature, synthetic.temperature) == (None, None)
+    assert criteo.dense_init == "reference"
     assert movielens.batch_size == 1024
     assert movielens.out == "benchmarks/results/movielens"
+
+
+def test_defaults_flag_runs_mpe_as_a_user_gets_it():
+    args = cli.parse_args(["--defaults"])
+    assert args.methods == {"fp32", "mpe"}
+    assert args.penalties == [3e-4]  # the layer's default
+    assert (args.temperature, args.target_bits) == (None, None)
+    assert args.max_metric_drop == cli.DEFAULTS_METRIC_DROP == 0.002
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--defaults", "--temperature", "0.1"])
+
+
+def test_dense_layers_start_as_the_reference_or_as_keras():
+    ids = np.zeros((4, 3), np.int32)
+    train = tf.data.Dataset.from_tensor_slices(
+        ({"categorical": ids}, np.zeros(4, np.float32))
+    ).batch(2)
+    data = readers.Data(train, train, train, 10, rating=False)
+    for init in ("reference", "glorot"):
+        args = cli.parse_args(["--mlp", "64", "--dense-init", init])
+        model = training.backbone(keras.layers.Embedding(10, 2), data, args)
+        dense = [x for x in model.layers if type(x).__name__ == "Dense"]
+        for layer, fan_in in zip(dense, (6, 64), strict=True):
+            kernel, bias = (w.numpy() for w in layer.weights)
+            bound = 1 / np.sqrt(fan_in)
+            if init == "reference":  # PyTorch's nn.Linear
+                assert np.abs(kernel).max() <= bound
+                assert np.abs(bias).max() <= bound and bias.any()
+            else:  # Glorot: wider for the 64 -> 1 output layer
+                assert not bias.any()
+        if init == "glorot":
+            assert np.abs(kernel).max() > 1 / np.sqrt(64)
 
 
 def test_backbone_follows_mlp_and_batchnorm_flags():

@@ -9,10 +9,14 @@ import warnings
 import tensorflow as tf
 
 import benchmarks.quality
+from benchmarks.quality import methods
 from benchmarks.quality import plots
 from benchmarks.quality import readers
 from benchmarks.quality import runs
 from benchmarks.quality import summary as summaries
+
+# What `--defaults` lets the compression cost on the validation metric.
+DEFAULTS_METRIC_DROP = 0.002
 
 
 def parse_args(argv=None):
@@ -84,9 +88,24 @@ def parse_args(argv=None):
     parser.add_argument(
         "--temperature",
         type=float,
-        help="MixedPrecisionEmbedding temperature; default: the layer's "
-        "0.1 on synthetic data, the reference's 3e-3 on the small real "
-        "samples (their ~50 search steps barely move logits at 0.1)",
+        help="MixedPrecisionEmbedding temperature (default: the layer's, "
+        "set from the search's length)",
+    )
+    parser.add_argument(
+        "--max-metric-drop",
+        type=float,
+        help="MPE runs choose the smallest size whose validation AUC "
+        "(RMSE) stays within this of the best search epoch's "
+        "(MPECallback's max_metric_drop; the method is then named "
+        "mpe@lambda/drop<d>); default: the selection rule",
+    )
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="fp32 against MPE as a user gets it (method mpe@defaults): "
+        "the layer's and the callback's defaults (no temperature, bit "
+        "penalty or target) with max_metric_drop "
+        f"{DEFAULTS_METRIC_DROP} on the validation metric",
     )
     parser.add_argument(
         "--dim",
@@ -131,6 +150,14 @@ def parse_args(argv=None):
         help="hidden units, e.g. 1024,512,256; '' for none (default: "
         "1024,512,256 on the real CTR samples, 256,128 on MovieLens and "
         "synthetic data)",
+    )
+    parser.add_argument(
+        "--dense-init",
+        default="reference",
+        choices=["reference", "glorot"],
+        help="Dense layers' start: the reference's (PyTorch's nn.Linear: "
+        "weights and biases uniform in +-1/sqrt(fan_in)) or Keras' "
+        "(Glorot-uniform weights, zero biases) (default: %(default)s)",
     )
     parser.add_argument(
         "--no-batchnorm",
@@ -188,7 +215,6 @@ def parse_args(argv=None):
         "epochs": 6 if real else 2,
         "batch_size": 1024 if ratings else (250 if real else 4096),
         "mlp": "1024,512,256" if real and not ratings else "256,128",
-        "temperature": 3e-3 if real else 0.1,
         "out": f"benchmarks/results/{args.data}",
     }
     for name, value in defaults.items():
@@ -197,6 +223,21 @@ def parse_args(argv=None):
     args.mlp = [int(u) for u in args.mlp.split(",") if u]
     args.methods = set(args.methods.split(","))
     args.penalties = [float(p) for p in args.penalties.split(",")]
+    if args.defaults:
+        given = [
+            flag
+            for flag, value in (
+                ("--temperature", args.temperature),
+                ("--target-bits", args.target_bits),
+                ("--max-metric-drop", args.max_metric_drop),
+            )
+            if value is not None
+        ]
+        if given:
+            parser.error(f"--defaults sets its own {', '.join(given)}")
+        args.methods = {"fp32", "mpe"}
+        args.penalties = [methods.DEFAULT_PENALTY]
+        args.max_metric_drop = DEFAULTS_METRIC_DROP
     args.qat_bits = [int(b) for b in args.qat_bits.split(",")]
     return args
 

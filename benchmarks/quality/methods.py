@@ -15,6 +15,8 @@ control and MPE run the whole pipeline with `keras_mpe.MPECallback`
 (`run_pipeline`).
 """
 
+import inspect
+
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +29,11 @@ keras = tf.keras
 # tf_keras's `tf.keras` has no `__version__`: it is Keras 2.
 KERAS_3 = int(getattr(keras, "__version__", "2").split(".")[0]) >= 3
 CANDIDATES = (0, 1, 2, 3, 4, 5, 6)
+DEFAULT_PENALTY = (
+    inspect.signature(keras_mpe.MixedPrecisionEmbedding)
+    .parameters["bit_penalty"]
+    .default
+)
 
 
 def mpe_layer(data, args, candidates=CANDIDATES, penalty=0.0):
@@ -196,9 +203,12 @@ def run_heuristic(budget, data, args):
     return run_fixed("heuristic", heuristic_bits, data, args, CANDIDATES)
 
 
-def run_pipeline(method, data, args, candidates, penalty, target_bits=None):
-    """Search + select (to `target_bits` if given) + rewind + retrain with
-    MPECallback; the best validation epoch among the retraining ones."""
+def run_pipeline(
+    method, data, args, candidates, penalty, target_bits=None, drop=None
+):
+    """Search + select (to `target_bits`, or within a validation metric
+    `drop`, if given) + rewind + retrain with MPECallback; the best
+    validation epoch among the retraining ones."""
     layer = mpe_layer(data, args, candidates, penalty)
     model = training.backbone(layer, data, args)
     callback = keras_mpe.MPECallback(
@@ -208,6 +218,8 @@ def run_pipeline(method, data, args, candidates, penalty, target_bits=None):
         mode=data.mode,
         rewind_embeddings=args.rewind,
         target_bits=target_bits,
+        max_metric_drop=drop,
+        validation_data=data.val if drop is not None else None,
         verbose=0,
     )
     search = args.search_epochs
@@ -233,11 +245,17 @@ def run_control(data, args):
 
 def run_mpe(penalty, data, args):
     """MPE at bit penalty `penalty` (`mpe@<penalty>`), its bits chosen to
-    `args.target_bits` per element when given (`mpe@<penalty>/<bits>b`)."""
-    target = args.target_bits
+    `args.target_bits` per element (`mpe@<penalty>/<bits>b`) or within
+    `args.max_metric_drop` (`mpe@<penalty>/drop<d>`) when given;
+    `mpe@defaults` with `args.defaults`."""
+    target, drop = args.target_bits, args.max_metric_drop
     name = f"mpe@{penalty:g}"
     if target is not None:
         name += f"/{target:g}b"
-    row = run_pipeline(name, data, args, CANDIDATES, penalty, target)
+    if drop is not None:
+        name += f"/drop{drop:g}"
+    if args.defaults:
+        name = "mpe@defaults"
+    row = run_pipeline(name, data, args, CANDIDATES, penalty, target, drop=drop)
     row["penalty"] = penalty
     return row

@@ -1,7 +1,12 @@
 """The backbone every method shares, and how each model is trained.
 
 `backbone`: embeddings (+ numeric features) -> MLP (Dense, BatchNorm,
-ReLU) -> sigmoid (CTR) or linear (ratings), compiled with Adam.
+ReLU) -> sigmoid (CTR) or linear (ratings), compiled with Adam. Its Dense
+layers start as the reference's (PyTorch's `nn.Linear` default: weights
+and biases uniform in +-1 / sqrt(fan_in)) unless `--dense-init glorot`
+(Keras' default: Glorot-uniform weights, zero biases). On the Criteo
+sample the Glorot start makes the BatchNorm MLP's output layer 2.4x
+larger at the start and costs about 0.03-0.05 AUC (benchmarks/RESULTS.md).
 `fit`: `model.fit` that keeps the weights of the best validation epoch
 from a given epoch on (Keras' `EarlyStopping` restoring the best weights,
 never stopping) and returns the wall time of every epoch.
@@ -22,7 +27,7 @@ def backbone(embedding, data, args):
         embedding: The embedding layer (one table for every field).
         data: `readers.Data`; its element spec gives the inputs.
         args: The flags: `mlp` (hidden units), `batchnorm`,
-            `learning_rate`.
+            `dense_init`, `learning_rate`.
 
     Returns:
         A compiled functional model with inputs `categorical` (and
@@ -38,12 +43,12 @@ def backbone(embedding, data, args):
         inputs["numeric"] = numeric
         x = keras.layers.Concatenate()([x, numeric])
     for units in args.mlp:
-        x = keras.layers.Dense(units)(x)
+        x = _dense(units, x.shape[-1], args)(x)
         if args.batchnorm:
             x = keras.layers.BatchNormalization(momentum=0.9)(x)  # PyTorch's
         x = keras.layers.ReLU()(x)
     activation = None if data.rating else "sigmoid"
-    model = keras.Model(inputs, keras.layers.Dense(1, activation)(x))
+    model = keras.Model(inputs, _dense(1, x.shape[-1], args, activation)(x))
     model.compile(
         keras.optimizers.Adam(args.learning_rate),
         "mse" if data.rating else "binary_crossentropy",
@@ -54,6 +59,19 @@ def backbone(embedding, data, args):
         ],
     )
     return model
+
+
+def _dense(units, fan_in, args, activation=None):
+    """A Dense layer started as `args.dense_init` says."""
+    if args.dense_init == "glorot":
+        return keras.layers.Dense(units, activation)
+    bound = 1.0 / float(fan_in) ** 0.5
+    return keras.layers.Dense(
+        units,
+        activation,
+        kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+    )
 
 
 def init(args):
