@@ -13,9 +13,14 @@ cross layers) in front of the MLP.
     python examples/criteo_ctr.py
     python examples/criteo_ctr.py --model dcn --export-dir /tmp/ctr/1
     python examples/criteo_ctr.py --target-bits 0.32  # 100x, named
-    python examples/criteo_ctr.py --max-metric-drop 0.002  # AUC, named
-    python examples/criteo_ctr.py --batch-size 250 --bit-penalty 3e-3 \
+    python examples/criteo_ctr.py --max-metric-drop 0.005  # AUC, named
+    python examples/criteo_ctr.py --batch-size 250 \
         --criteo ../shared/data/criteo/criteo_dac_head8000.txt
+
+The MPE model uses the layer's and the callback's defaults and names the
+accuracy the compression may cost (`--max-metric-drop`, 0.002 AUC by
+default) instead of a bit penalty; `--bit-penalty` and `--temperature`
+are expert knobs.
 """
 
 import os
@@ -62,18 +67,9 @@ def define_flags():
         batch_size=2048,
         dim=16,
         num_groups=64,
-        bit_penalty=3e-3,
         learning_rate=1e-3,
     )
-    example_flags.define_target_bits()
-    flags.DEFINE_float(
-        "max-metric-drop",
-        None,
-        "The validation AUC the compression may cost, measured before "
-        "retraining: the smallest size within it is chosen (replaces "
-        "--target-bits). Unset: the threshold rule or --target-bits sets "
-        "the size.",
-    )
+    example_flags.define_size("AUC", 0.002)
     # Listed by --help with this script's own flags.
     flags.adopt_module_key_flags(example_flags)
 
@@ -214,7 +210,7 @@ def main(args):
                 vocabulary,
                 args.dim,
                 num_groups=args.num_groups,
-                bit_penalty=args.bit_penalty,
+                **example_flags.search_knobs(args),
             )
         )
         return layers[-1]
@@ -222,10 +218,8 @@ def main(args):
     callback = keras_mpe.MPECallback(
         frequency_data=data[0],
         search_epochs=args.search_epochs,
-        target_bits=args.target_bits,
         monitor="val_auc",
-        max_metric_drop=args.max_metric_drop,
-        validation_data=data[1],
+        **example_flags.size_options(args, data[1]),
     )
     model, mpe_scores, mpe_seconds = train(
         mpe, data, args, [callback], first_kept_epoch=args.search_epochs

@@ -24,6 +24,7 @@ import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import example_flags  # noqa: E402  (examples/ is first on sys.path)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -80,7 +81,7 @@ def ctr_model(vocabulary: int, args):
         vocabulary,
         args.dim,
         num_groups=args.num_groups,
-        bit_penalty=args.bit_penalty,
+        **example_flags.search_knobs(args),
         seed=args.seed,
     )
     x = keras.layers.Flatten()(layer(categorical))
@@ -159,7 +160,6 @@ def main(args):
 
 def define_flags():
     """The command line. Defined when run as a script, not on import."""
-    import example_flags  # noqa: PLC0415  (examples/ is first on sys.path)
     from absl import flags  # noqa: PLC0415
 
     flags.DEFINE_integer("workers", 2, "Worker servers.", lower_bound=1)
@@ -179,7 +179,6 @@ def define_flags():
         batch_size=500,
         dim=8,
         num_groups=32,
-        bit_penalty=1e-2,
         learning_rate=1e-3,
     )
     example_flags.define_export_dir("distributed_ps")

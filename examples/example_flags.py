@@ -54,11 +54,12 @@ def define_training(
     batch_size: int,
     dim: int,
     num_groups: int,
-    bit_penalty: float,
     learning_rate: float,
     batch_help: str = "Examples per batch.",
 ):
-    """The training and search settings, with each example's defaults."""
+    """The training and search settings, with each example's defaults;
+    the search's expert knobs (`--bit-penalty`, `--temperature`) default
+    to the layer's."""
     flags.DEFINE_integer("epochs", epochs, epochs_help, lower_bound=1)
     flags.DEFINE_integer(
         "search-epochs",
@@ -78,9 +79,16 @@ def define_training(
     )
     flags.DEFINE_float(
         "bit-penalty",
-        bit_penalty,
-        "Weight of the bit penalty (each group's expected bits) in the "
-        "search loss; larger gives smaller tables.",
+        None,
+        "Expert: weight of the bit penalty (each group's expected bits) in "
+        "the search loss; larger pushes the search to fewer bits. Unset: "
+        "the layer's default.",
+    )
+    flags.DEFINE_float(
+        "temperature",
+        None,
+        "Expert: softmax temperature of the precision logits. Unset: set "
+        "from the search's length (learning rate * search steps / 16).",
     )
     flags.DEFINE_float("learning-rate", learning_rate, "Adam learning rate.")
     flags.DEFINE_integer(
@@ -88,14 +96,40 @@ def define_training(
     )
 
 
-def define_target_bits():
+def search_knobs(args) -> dict:
+    """The MixedPrecisionEmbedding arguments the flags set (those unset
+    keep the layer's defaults)."""
+    knobs = {"bit_penalty": args.bit_penalty, "temperature": args.temperature}
+    return {name: value for name, value in knobs.items() if value is not None}
+
+
+def define_size(metric: str, drop: float):
+    """`--max-metric-drop` (what the compression may cost on the
+    validation `metric`) and `--target-bits` (a size instead)."""
+    flags.DEFINE_float(
+        "max-metric-drop",
+        drop,
+        f"The validation {metric} the compression may cost, measured before "
+        "retraining against the largest size: the smallest size within it "
+        "is chosen. Ignored when --target-bits is given.",
+        lower_bound=0.0,
+    )
     flags.DEFINE_float(
         "target-bits",
         None,
         "A size budget in average bits per element (32 / compression, e.g. "
-        "0.32 for 100x) that replaces the threshold rule. Unset: the "
-        "threshold rule sets the size.",
+        "0.32 for 100x) instead of --max-metric-drop.",
     )
+
+
+def size_options(args, validation_data) -> dict:
+    """MPECallback's size arguments from `define_size`'s flags."""
+    if args.target_bits is not None:
+        return {"target_bits": args.target_bits}
+    return {
+        "max_metric_drop": args.max_metric_drop,
+        "validation_data": validation_data,
+    }
 
 
 def run(main):

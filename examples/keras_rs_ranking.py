@@ -58,10 +58,9 @@ def define_flags():
         batch_size=2048,
         dim=16,
         num_groups=64,
-        bit_penalty=3e-3,
         learning_rate=1e-3,
     )
-    example_flags.define_target_bits()
+    example_flags.define_size("AUC", 0.002)
     # Listed by --help with this script's own flags.
     flags.adopt_module_key_flags(example_flags)
 
@@ -174,13 +173,13 @@ def main(args):
         vocabulary,
         args.dim,
         num_groups=args.num_groups,
-        bit_penalty=args.bit_penalty,
+        **example_flags.search_knobs(args),
     )
     callback = keras_mpe.MPECallback(
         frequency_data=data[0],
         search_epochs=args.search_epochs,
-        target_bits=args.target_bits,
         monitor="val_auc",
+        **example_flags.size_options(args, data[1]),
     )
     model, mpe, mpe_seconds = train(
         layer, data, args, [callback], first_kept_epoch=args.search_epochs

@@ -58,9 +58,9 @@ def define_flags():
         batch_help="Ratings per batch.",
         dim=32,
         num_groups=32,
-        bit_penalty=1e-3,
         learning_rate=3e-3,
     )
+    example_flags.define_size("RMSE", 0.005)
     # Listed by --help with this script's own flags.
     flags.adopt_module_key_flags(example_flags)
 
@@ -168,7 +168,7 @@ def main(args):
             n,
             args.dim,
             num_groups=args.num_groups,
-            bit_penalty=args.bit_penalty,
+            **example_flags.search_knobs(args),
         ),
         sizes,
     )
@@ -177,6 +177,7 @@ def main(args):
         search_epochs=args.search_epochs,
         monitor="val_rmse",
         mode="min",
+        **example_flags.size_options(args, data["val"]),
     )
     mpe_rmse = train(
         model,

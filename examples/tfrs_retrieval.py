@@ -86,7 +86,6 @@ def define_flags():
         "positive).",
         dim=32,
         num_groups=32,
-        bit_penalty=1e-3,
         learning_rate=1e-2,
     )
     flags.DEFINE_integer(
@@ -245,8 +244,8 @@ def main(args):
             n,
             args.dim,
             num_groups=args.num_groups,
-            bit_penalty=args.bit_penalty,
             name=name,
+            **example_flags.search_knobs(args),
         ),
         sizes,
     )

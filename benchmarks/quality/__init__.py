@@ -39,6 +39,12 @@ From the repository root:
 (or `--path`); the run stops with a message when they are absent.
 `--no-batchnorm` drops the MLP's BatchNorm layers and `--mlp ''` its
 hidden layers (a logistic regression on the embeddings), for every method.
+The Dense layers start as the reference's (PyTorch's `nn.Linear`;
+`--dense-init glorot` for Keras'). `--defaults` compares fp32 with MPE as
+a user gets it (`mpe@defaults`: the layer's and callback's defaults with
+`max_metric_drop` 0.002 on the validation metric):
+
+    python -m benchmarks.quality --data criteo --seeds 5 --defaults
 
 | module        | holds                                                       |
 |---------------|-------------------------------------------------------------|
