@@ -626,6 +626,9 @@ class MetricDropTest(tf.test.TestCase):
             self.assertLessEqual(layer.average_bits(), chosen + 1e-9)
             failed = [level for level, _, ok in trials if not ok]
             self.assertTrue(all(level < chosen for level in failed), trials)
+            # Pruning every row costs more than the drop: some size failed.
+            self.assertNotEmpty(failed, trials)
+            self.assertGreater(chosen, 0.0)
         # Any drop allowed: the smallest size, here 0 bits (all pruned).
         loose, _, _ = self._fit("val_auc", 1.0)
         self.assertEqual(0.0, loose.average_bits())
