@@ -86,7 +86,8 @@ class MPECallback(keras.callbacks.Callback):
         rewind_embeddings: Boolean. Reset the tables to their values at
             the start of training before retraining (reference).
         reset_optimizer: Boolean. Zero the optimizer state (all but the
-            learning rate) before retraining.
+            learning rate) before retraining, its step count included: a
+            learning-rate schedule starts over.
         max_metric_drop: Non-negative number or None. Name the accuracy
             instead of the size: at selection, the smallest size budget
             (bits per element, from `budget_levels`) whose monitored
