@@ -5,7 +5,8 @@ MixedPrecisionEmbedding in its `counting()` mode: the layers record the ids they
 receive (after any StringLookup / Hashing in the model) and return zeros,
 so any model structure works without an id extractor. The ids of a batch
 are reduced on the device with `unique_with_counts`; the host adds the
-per-batch counts into one vector per layer.
+per-batch counts into one vector per layer. Under a multi-worker strategy
+each worker counts its shard of the data (`count_ids`).
 
 Rows are sorted by how often their id occurs in the training data (rarest
 first, ties broken by the higher id first) and cut into `num_groups` chunks of
@@ -266,11 +267,7 @@ def _count_here(model, layers, batch_ids, dataset, verbose) -> list:
         unit_name="batch",
     )
     for element in dataset:
-        if distributed:
-            batches = _local_batches(model.distribute_strategy, element)
-        else:
-            batches = [element]
-        for batch in batches:
+        for batch in _local_batches(model.distribute_strategy, element):
             inputs, _, _ = _compat.keras.utils.unpack_x_y_sample_weight(batch)
             if total_batches == 0:
                 _check_batched(model, inputs)
@@ -294,7 +291,7 @@ def _count_here(model, layers, batch_ids, dataset, verbose) -> list:
 
 def _local_batches(strategy, element) -> list:
     """The batches of this worker's replicas in an element of a
-    distributed dataset."""
+    distributed dataset (of any other dataset: the element)."""
     flat = [
         strategy.experimental_local_results(x) for x in tf.nest.flatten(element)
     ]
