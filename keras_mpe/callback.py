@@ -100,7 +100,11 @@ class MPECallback(keras.callbacks.Callback):
             between epochs. Needs `monitor="val_<metric>"` and
             `validation_data`; replaces `target_bits`. The sizes tried
             (the largest first), their metric and whether it held are kept
-            in `budget_trials`.
+            in `budget_trials`. A smaller size that scores better than the
+            largest by more than the drop gets a warning: the weights at
+            selection have then overfit, or adapted to the search's mix of
+            precisions, and the drop measured before retraining
+            understates the cost after it.
         validation_data: Dataset of `(x, y)` batches, as given to `fit`'s
             `validation_data`; used by `max_metric_drop` only.
         log_dir: String or None. A TensorBoard log folder (the one given to
@@ -374,6 +378,7 @@ class MPECallback(keras.callbacks.Callback):
             else:
                 low = middle + 1
         self.model.reset_metrics()  # the epoch's training metrics start clean
+        self._warn_if_smaller_scored_better(reference, sign)
         if self.verbose:
             _compat.print_msg(
                 f"MPECallback: {self.monitor} at the largest size "
@@ -383,6 +388,35 @@ class MPECallback(keras.callbacks.Callback):
                 "element"
             )
         return levels[low]
+
+    def _warn_if_smaller_scored_better(self, reference, sign):
+        """Warns when a smaller size beat the largest by more than the
+        drop: the weights at selection then favour fewer bits, or the
+        validation data cannot resolve the drop; either way the measured
+        drop says little about the cost after retraining."""
+        largest = self.budget_trials[0][0]
+        level, value, _ = max(
+            self.budget_trials, key=lambda trial: sign * trial[1]
+        )
+        if sign * (value - reference) <= self.max_metric_drop:
+            return
+        warnings.warn(
+            f"MPECallback: {self.monitor} was {value:.5f} at {level:.3g} "
+            f"bits per element, better than {reference:.5f} at the largest "
+            f"size ({largest:g} bits per element) by more than "
+            f"max_metric_drop={self.max_metric_drop}. Either the weights "
+            "at selection favour fewer bits (they have overfit the training "
+            "data, or adapted to the search's mix of precisions, in which "
+            "rare rows are mostly pruned), and the drop measured before "
+            "retraining understates what the chosen size costs after it; "
+            "or the validation data are too few to resolve a difference of "
+            "max_metric_drop. Check the retrained model's metric against a "
+            "float one, "
+            "name the size with target_bits instead, or select earlier "
+            "(fewer search_epochs) when the validation metric peaks in the "
+            "first epochs.",
+            stacklevel=3,
+        )
 
     def _remember_if_best(self, logs):
         value = logs.get(self.monitor)

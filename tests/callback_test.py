@@ -633,6 +633,71 @@ class MetricDropTest(tf.test.TestCase):
         loose, _, _ = self._fit("val_auc", 1.0)
         self.assertEqual(0.0, loose.average_bits())
 
+    def _select_with_scores(self, score):
+        """The selection with `score(average bits)` as the validation AUC
+        of each size tried (model.evaluate replaced while it selects);
+        returns the layer, the callback and the warnings' messages."""
+        keras.utils.set_random_seed(0)
+        data = testing_utils.dataset(*testing_utils.zipf_ctr(rows=600))
+        layer = keras_mpe.MixedPrecisionEmbedding(
+            1000, 4, num_groups=8, temperature=0.01
+        )
+        model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+        callback = keras_mpe.MPECallback(
+            data,
+            search_epochs=2,
+            monitor="val_auc",
+            max_metric_drop=0.01,
+            validation_data=data,
+            verbose=0,
+        )
+        evaluate = model.evaluate
+
+        class Scores(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 2:  # runs just before the callback selects
+                    model.evaluate = lambda *args, **kwargs: {
+                        "auc": score(layer.average_bits())
+                    }
+
+            def on_train_batch_begin(self, batch, logs=None):
+                model.evaluate = evaluate
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(
+                data,
+                validation_data=data,
+                epochs=3,
+                verbose=0,
+                callbacks=[Scores(), callback],
+            )
+        return layer, callback, [str(w.message) for w in caught]
+
+    def test_warns_when_a_smaller_size_scores_better(self):
+        layer, callback, messages = self._select_with_scores(
+            lambda bits: 0.7 - 0.01 * bits
+        )
+        self.assertEqual(0.0, layer.average_bits())  # every size held
+        better = [m for m in messages if "favour fewer bits" in m]
+        self.assertLen(better, 1, messages)
+        # It names the best size's figure against the largest size's.
+        self.assertRegex(better[0], r"0\.70000 at [0-9.]+ bits per element")
+        self.assertIn("0.64000 at the largest size (6 bits", better[0])
+        self.assertIn("max_metric_drop=0.01", better[0])
+        # Sizes that score no better than the drop allows: no warning, and
+        # the size chosen is the smallest that held.
+        layer, callback, messages = self._select_with_scores(
+            lambda bits: 0.7 if bits >= 1 else 0.6
+        )
+        self.assertFalse(
+            [m for m in messages if "favour fewer bits" in m], messages
+        )
+        self.assertGreaterEqual(layer.average_bits(), 1.0)
+        failed = [level for level, _, ok in callback.budget_trials if not ok]
+        self.assertNotEmpty(failed)
+        self.assertLess(max(failed), layer.average_bits() + 1e-9)
+
     def test_budget_levels_golden(self):
         levels = keras_mpe.callback.budget_levels((0, 2, 6))
         self.assertEqual(0.0, levels[0])

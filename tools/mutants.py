@@ -426,6 +426,17 @@ PATCHES = (
         "max_metric_drop compares sizes with the smallest one",
     ),
     Patch(
+        "metric-drop-never-says-a-smaller-size-scored-better",
+        "keras_mpe/callback.py",
+        "if sign * (value - reference) <= self.max_metric_drop:",
+        "if True:",
+        (
+            "tests/callback_test.py::MetricDropTest::"
+            "test_warns_when_a_smaller_size_scores_better",
+        ),
+        "max_metric_drop is silent when a smaller size beat the largest",
+    ),
+    Patch(
         "benchmark-dense-layers-start-as-keras",
         "benchmarks/quality/training.py",
         'if args.dense_init == "glorot":',
