@@ -88,7 +88,7 @@ def define_training(
         "temperature",
         None,
         "Expert: softmax temperature of the precision logits. Unset: set "
-        "from the search's length (learning rate * search steps / 16).",
+        "from the search's length (learning rate * search steps / 64).",
     )
     flags.DEFINE_float("learning-rate", learning_rate, "Adam learning rate.")
     flags.DEFINE_integer(
@@ -109,9 +109,9 @@ def define_size(metric: str, drop: float):
     flags.DEFINE_float(
         "max-metric-drop",
         drop,
-        f"The validation {metric} the compression may cost, measured before "
-        "retraining against the largest size: the smallest size within it "
-        "is chosen. Ignored when --target-bits is given.",
+        f"The validation {metric} the bit penalty's size may cost, measured "
+        "before retraining against the largest size: a larger size is "
+        "chosen when it costs more. Ignored when --target-bits is given.",
         lower_bound=0.0,
     )
     flags.DEFINE_float(

@@ -1,5 +1,6 @@
 """The examples run end to end (small settings, fresh processes)."""
 
+import ast
 import os
 import re
 import subprocess
@@ -65,9 +66,18 @@ def test_criteo_ctr_names_the_auc_drop(tmp_path):
         *("--export-dir", str(tmp_path / "1"), "--max-metric-drop", "0.01"),
         *("--layout", "bytes"),
     )
-    chosen = float(re.search(r"chose (\S+) bits per element", out).group(1))
+    # The sizes tried: the largest, then the bit penalty's; a larger one
+    # only when the penalty's costs more than the drop.
+    tried = re.search(r"within 0\.01\): (\[.*?\]); chose", out).group(1)
+    trials = ast.literal_eval(tried)
     average = float(re.search(r"search outcome: (\S+) bits", out).group(1))
-    assert average <= chosen + 1e-6, (average, chosen)
+    assert all(level >= trials[1][0] - 1e-6 for level, _, _ in trials)
+    if trials[1][2]:
+        assert "chose the bit penalty's size" in out
+        assert abs(average - trials[1][0]) < 1e-3, (average, trials)
+    else:
+        chosen = re.search(r"chose (\S+) bits per element", out).group(1)
+        assert trials[1][0] < average <= float(chosen) + 1e-6, (average, out)
     # The speed-first layout serves what the retrained model computes.
     retrained = re.search(r"MPE \(retrained\): AUC (\S+)", out).group(1)
     converted = re.search(r"MPE \(converted\): AUC (\S+)", out).group(1)

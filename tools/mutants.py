@@ -421,9 +421,35 @@ PATCHES = (
         "reference = measure(levels[0])",
         (
             "tests/callback_test.py::MetricDropTest::"
-            "test_smallest_size_within_the_drop",
+            "test_measured_against_the_largest_size",
+            "tests/callback_test.py::MetricDropTest::"
+            "test_the_penalty_size_when_it_holds",
         ),
         "max_metric_drop compares sizes with the smallest one",
+    ),
+    Patch(
+        "metric-drop-tries-sizes-below-the-penalty-size",
+        "keras_mpe/callback.py",
+        "above = [level for level in levels if level > rule_bits]",
+        "above = list(levels)",
+        (
+            "tests/callback_test.py::MetricDropTest::"
+            "test_a_larger_size_when_the_penalty_size_fails",
+        ),
+        "max_metric_drop searches below the bit penalty's size",
+    ),
+    Patch(
+        "metric-drop-ignores-the-penalty-size",
+        "keras_mpe/callback.py",
+        "if not holds(None):",
+        "if holds(None) or True:",
+        (
+            "tests/callback_test.py::MetricDropTest::"
+            "test_the_penalty_size_when_it_holds",
+            "tests/callback_test.py::MetricDropTest::"
+            "test_measured_against_the_largest_size",
+        ),
+        "max_metric_drop searches sizes even when the penalty's holds",
     ),
     Patch(
         "metric-drop-never-says-a-smaller-size-scored-better",
@@ -432,7 +458,7 @@ PATCHES = (
         "if True:",
         (
             "tests/callback_test.py::MetricDropTest::"
-            "test_warns_when_a_smaller_size_scores_better",
+            "test_the_penalty_size_when_it_holds",
         ),
         "max_metric_drop is silent when a smaller size beat the largest",
     ),

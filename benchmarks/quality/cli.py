@@ -94,10 +94,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-metric-drop",
         type=float,
-        help="MPE runs choose the smallest size whose validation AUC "
-        "(RMSE) stays within this of the best search epoch's "
-        "(MPECallback's max_metric_drop; the method is then named "
-        "mpe@lambda/drop<d>); default: the selection rule",
+        help="MPE runs keep the bit penalty's size if its validation AUC "
+        "(RMSE) stays within this of the largest size's, else the "
+        "smallest larger size that does (MPECallback's max_metric_drop; "
+        "the method is then named mpe@lambda/drop<d>); default: the "
+        "selection rule alone",
     )
     parser.add_argument(
         "--defaults",
