@@ -382,8 +382,10 @@ class MPECallback(keras.callbacks.Callback):
         chosen = None
         if not holds(None):
             rule_bits = self.budget_trials[-1][0]
-            above = [level for level in levels if level > rule_bits]
-            low, high = 0, len(above) - 1  # above[high] holds by definition
+            # The largest level held by definition: the search ends there.
+            above = [level for level in levels[:-1] if level > rule_bits]
+            above.append(levels[-1])
+            low, high = 0, len(above) - 1
             while low < high:
                 middle = (low + high) // 2
                 if holds(above[middle]):

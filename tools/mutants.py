@@ -430,8 +430,8 @@ PATCHES = (
     Patch(
         "metric-drop-tries-sizes-below-the-penalty-size",
         "keras_mpe/callback.py",
-        "above = [level for level in levels if level > rule_bits]",
-        "above = list(levels)",
+        "above = [level for level in levels[:-1] if level > rule_bits]",
+        "above = list(levels[:-1])",
         (
             "tests/callback_test.py::MetricDropTest::"
             "test_a_larger_size_when_the_penalty_size_fails",
