@@ -396,16 +396,16 @@ class MPECallback(keras.callbacks.Callback):
         self.model.reset_metrics()  # the epoch's training metrics start clean
         self._warn_if_smaller_scored_better(reference, sign)
         if self.verbose:
+            outcome = (
+                "the bit penalty's size"
+                if chosen is None
+                else f"{chosen:.3f} bits per element"
+            )
             _compat.print_msg(
                 f"MPECallback: {self.monitor} at the largest size "
                 f"({levels[-1]:g} bits per element) {reference:.5f}; tried "
                 f"(bits per element, {key}, within {self.max_metric_drop}): "
-                f"{self.budget_trials}; chose "
-                + (
-                    "the bit penalty's size"
-                    if chosen is None
-                    else f"{chosen:.3f} bits per element"
-                )
+                f"{self.budget_trials}; chose {outcome}"
             )
         return chosen
 
@@ -431,10 +431,9 @@ class MPECallback(keras.callbacks.Callback):
             "retraining understates what the chosen size costs after it; "
             "or the validation data are too few to resolve a difference of "
             "max_metric_drop. Check the retrained model's metric against a "
-            "float one, "
-            "name the size with target_bits instead, or select earlier "
-            "(fewer search_epochs) when the validation metric peaks in the "
-            "first epochs.",
+            "float one, name the size with target_bits instead, or select "
+            "earlier (fewer search_epochs) when the validation metric peaks "
+            "in the first epochs.",
             stacklevel=3,
         )
 

@@ -3,7 +3,6 @@
 import contextlib
 import io
 import os
-import unittest.mock
 import warnings
 
 import numpy as np
@@ -639,9 +638,9 @@ class MetricDropTest(tf.test.TestCase):
         self.assertGreater(loose.average_bits(), 0.0)
 
     def _select_with_scores(self, score):
-        """The selection with `score(average bits)` as the validation AUC
-        of each size tried (model.evaluate replaced while it selects);
-        returns the layer, the callback and the warnings' messages."""
+        """The selection with `score(layer)` as the validation AUC of each
+        size tried (model.evaluate replaced while it selects); returns the
+        layer, the callback and the warnings' messages."""
         keras.utils.set_random_seed(0)
         data = testing_utils.dataset(*testing_utils.zipf_ctr(rows=600))
         layer = keras_mpe.MixedPrecisionEmbedding(
@@ -662,7 +661,7 @@ class MetricDropTest(tf.test.TestCase):
             def on_epoch_begin(self, epoch, logs=None):
                 if epoch == 2:  # runs just before the callback selects
                     model.evaluate = lambda *args, **kwargs: {
-                        "auc": score(layer.average_bits())
+                        "auc": score(layer)
                     }
 
             def on_train_batch_begin(self, batch, logs=None):
@@ -681,7 +680,7 @@ class MetricDropTest(tf.test.TestCase):
 
     def test_the_penalty_size_when_it_holds(self):
         layer, callback, messages = self._select_with_scores(
-            lambda bits: 0.7 - 0.01 * bits
+            lambda layer: 0.7 - 0.01 * layer.average_bits()
         )
         # The largest size's score is the reference; the rule's size held:
         # it is kept, and nothing smaller is tried.
@@ -704,33 +703,22 @@ class MetricDropTest(tf.test.TestCase):
     def test_a_larger_size_when_the_penalty_size_fails(self):
         # Sizes more than half a bit per element above the rule's score
         # 0.7, the rest 0.6: the rule's size fails the drop of 0.01.
-        rule_bits = []
+        def score(layer):
+            above = layer.average_bits() > _rule_bits(layer) + 0.5
+            return 0.7 if above else 0.6
 
-        def score(bits):
-            return 0.7 if bits > rule_bits[0] + 0.5 else 0.6
-
-        original = keras_mpe.MPECallback._budget_within_metric_drop
-
-        def remember_rule_bits(callback):
-            rule_bits.append(_rule_bits(callback.layers[0]))
-            return original(callback)
-
-        with unittest.mock.patch.object(
-            keras_mpe.MPECallback,
-            "_budget_within_metric_drop",
-            remember_rule_bits,
-        ):
-            layer, callback, messages = self._select_with_scores(score)
+        layer, callback, messages = self._select_with_scores(score)
+        rule_bits = _rule_bits(layer)
         trials = callback.budget_trials
         self.assertFalse(trials[1][2], trials)  # the rule's size failed
         # The smallest size tried above it that held: every failed size is
         # smaller, and no size below the rule's was tried.
-        self.assertGreater(layer.average_bits(), rule_bits[0] + 0.5)
+        self.assertGreater(layer.average_bits(), rule_bits + 0.5)
         chosen = min(level for level, _, ok in trials if ok)
         self.assertLessEqual(layer.average_bits(), chosen + 1e-9)
         failed = [level for level, _, ok in trials if not ok]
         self.assertTrue(all(level < chosen for level in failed), trials)
-        self.assertTrue(all(t[0] >= rule_bits[0] - 1e-9 for t in trials))
+        self.assertTrue(all(t[0] >= rule_bits - 1e-9 for t in trials))
         # No smaller size scored better: no warning.
         self.assertFalse(
             [m for m in messages if "favour fewer bits" in m], messages
