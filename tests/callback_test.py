@@ -369,6 +369,73 @@ class StepsOfFirstEpoch(keras.callbacks.Callback):
             self.steps = _compat.optimizer_steps(self.model.optimizer)
 
 
+class NetworkRecorder(keras.callbacks.Callback):
+    """Records the weights of every layer but `layer` at each epoch's begin
+    and end. Placed after MPECallback, it sees the selection done."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.states = {}
+
+    def _record(self, key):
+        self.states[key] = [
+            weight
+            for other in self.model.layers
+            if other is not self.layer
+            for weight in other.get_weights()
+        ]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._record(("begin", epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record(("end", epoch))
+
+
+class NetworkRewindTest(tf.test.TestCase):
+    """`rewind_network`: which network the retraining starts from."""
+
+    def _fit(self, **callback_kwargs):
+        """Warm-up epoch 0, search 1-2, selection at the begin of 3."""
+        keras.utils.set_random_seed(0)
+        ids, labels = testing_utils.zipf_ctr(rows=1000)
+        data = testing_utils.dataset(ids, labels)
+        layer = keras_mpe.MixedPrecisionEmbedding(1000, 4, num_groups=4)
+        model = testing_utils.compile_ctr(
+            testing_utils.ctr_model(layer, batch_norm=True)
+        )
+        recorder = NetworkRecorder(layer)
+        callback = keras_mpe.MPECallback(
+            data, search_epochs=3, verbose=0, **callback_kwargs
+        )
+        model.fit(data, epochs=4, verbose=0, callbacks=[callback, recorder])
+        states = recorder.states
+        # Dense kernels and biases, BatchNormalization's scale, offset and
+        # moving statistics: every one trained during the search.
+        self.assertLen(states["end", 0], 8)
+        for warm, searched in zip(
+            states["end", 0], states["end", 2], strict=True
+        ):
+            self.assertGreater(np.abs(warm - searched).max(), 1e-4)
+        return states, layer
+
+    def test_retrains_from_the_search_start(self):
+        states, layer = self._fit()
+        for warm, retrained in zip(
+            states["end", 0], states["begin", 3], strict=True
+        ):
+            self.assertAllEqual(warm, retrained)
+        self.assertEqual(Phase.FIXED, layer.phase)
+
+    def test_reference_goes_on_from_the_last_search_epoch(self):
+        states, _ = self._fit(rewind_network=False)
+        for searched, retrained in zip(
+            states["end", 2], states["begin", 3], strict=True
+        ):
+            self.assertAllEqual(searched, retrained)
+
+
 class TemperatureTest(tf.test.TestCase):
     """`temperature=None`: tau = learning rate * search steps / 64."""
 
@@ -524,9 +591,12 @@ class ResumeTest(tf.test.TestCase):
         resumed = keras_mpe.MPECallback(
             never_iterated(), search_epochs=3, verbose=0
         )
-        history = restored.fit(
-            data, epochs=5, initial_epoch=2, verbose=0, callbacks=[resumed]
-        )
+        # The network's weights at the search's start were in the first
+        # process's memory only: said, not silently skipped.
+        with self.assertWarnsRegex(UserWarning, "resumed from a checkpoint"):
+            history = restored.fit(
+                data, epochs=5, initial_epoch=2, verbose=0, callbacks=[resumed]
+            )
         self.assertEqual([1, 2, 2], history.history["mpe_phase"])
         self.assertEqual(Phase.FIXED, restored_layer.phase)
 
@@ -551,14 +621,18 @@ class BackupAndRestoreTest(tf.test.TestCase):
         data = testing_utils.dataset(ids, labels)
         backup = os.path.join(self.get_temp_dir(), "backup")
 
-        def fit(*extra, best_epoch=1):
+        def fit(*extra, best_epoch=1, rewind_network=False):
             keras.utils.set_random_seed(1)
             layer = keras_mpe.MixedPrecisionEmbedding(
                 1000, 4, num_groups=4, bit_penalty=1e-2, temperature=0.01
             )
             model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
             callback = keras_mpe.MPECallback(
-                data, search_epochs=4, monitor="val_score", verbose=0
+                data,
+                search_epochs=4,
+                monitor="val_score",
+                rewind_network=rewind_network,
+                verbose=0,
             )
             model.fit(
                 data,
@@ -578,6 +652,35 @@ class BackupAndRestoreTest(tf.test.TestCase):
         # The last search epoch would choose other bits here, so a resume
         # that lost the best epoch would show.
         self.assertNotAllEqual(bits, fit(best_epoch=3)[0])
+
+    def test_crash_in_the_warmup_with_the_network_rewind(self):
+        # A checkpoint from before the search: the resumed fit copies the
+        # network when its search starts, as the uninterrupted one did.
+        ids, labels = testing_utils.zipf_ctr(rows=1000)
+        data = testing_utils.dataset(ids, labels)
+        backup = os.path.join(self.get_temp_dir(), "backup")
+
+        def fit(*extra):
+            keras.utils.set_random_seed(1)
+            layer = keras_mpe.MixedPrecisionEmbedding(
+                1000, 4, num_groups=4, bit_penalty=1e-2, temperature=0.01
+            )
+            model = testing_utils.compile_ctr(testing_utils.ctr_model(layer))
+            callback = keras_mpe.MPECallback(data, search_epochs=3, verbose=0)
+            model.fit(data, epochs=4, verbose=0, callbacks=[callback, *extra])
+            return model.predict(ids[:64], verbose=0)
+
+        predictions = fit()
+        with self.assertRaisesRegex(RuntimeError, "crash"):
+            fit(keras.callbacks.BackupAndRestore(backup), Crash(epoch=0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resumed = fit(keras.callbacks.BackupAndRestore(backup))
+        said = [
+            str(w.message) for w in caught if "MPECallback" in str(w.message)
+        ]
+        self.assertEqual([], said)
+        testing_utils.assert_same_predictions(predictions, resumed)
 
 
 def _rule_bits(layer):

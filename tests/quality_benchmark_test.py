@@ -174,8 +174,15 @@ def test_backbone_follows_mlp_and_batchnorm_flags():
         assert kinds.count("BatchNormalization") == norms, kinds
 
 
-@pytest.mark.parametrize("flags", [(), ("--no-rewind",)])
-def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags):
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ((), (True, True)),
+        (("--no-rewind",), (False, True)),
+        (("--no-rewind-network",), (True, False)),
+    ],
+)
+def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags, expected):
     args = cli.parse_args([
         "--mlp", "4", "--num-groups", "2", "--epochs", "1",
         "--search-epochs", "2", *flags,
@@ -184,14 +191,16 @@ def test_pipeline_rewinds_unless_told_not_to(monkeypatch, flags):
 
     class Spy(keras_mpe.MPECallback):
         def __init__(self, *args, **kwargs):
-            rewinds.append(kwargs["rewind_embeddings"])
+            rewinds.append(
+                (kwargs["rewind_embeddings"], kwargs["rewind_network"])
+            )
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(keras_mpe, "MPECallback", Spy)
     row = methods.run_pipeline(
         "mpe", _tiny_data(), args, methods.CANDIDATES, 0.0
     )
-    assert rewinds == [not flags]
+    assert rewinds == [expected]
     assert row["payload_compression"] >= 32 / 6
 
 

@@ -76,11 +76,14 @@ def dataset(ids, labels, batch_size=256):
     return tf.data.Dataset.from_tensor_slices((ids, labels)).batch(batch_size)
 
 
-def ctr_model(layer, fields=4):
-    """A functional CTR model around one MixedPrecisionEmbedding."""
+def ctr_model(layer, fields=4, batch_norm=False):
+    """A functional CTR model around one MixedPrecisionEmbedding (with
+    BatchNormalization after its hidden layer if `batch_norm`)."""
     inputs = keras.Input((fields,), dtype="int32")
     x = keras.layers.Flatten()(layer(inputs))
     x = keras.layers.Dense(16, activation="relu")(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     return keras.Model(inputs, outputs)
 

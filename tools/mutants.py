@@ -109,6 +109,16 @@ PATCHES = (
         "the rewind goes back to the table the layer was built with",
     ),
     Patch(
+        "network-not-rewound",
+        "keras_mpe/callback.py",
+        "self._rewind_network()",
+        "pass",
+        (
+            "tests/callback_test.py::NetworkRewindTest::test_retrains_from_the_search_start",
+        ),
+        "the network retrains from the last search epoch, not the first",
+    ),
+    Patch(
         "no-step-sizes-after-warmup",
         "keras_mpe/callback.py",
         "layer.initialize_step_sizes()",

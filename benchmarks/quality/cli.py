@@ -183,6 +183,14 @@ def parse_args(argv=None):
         "rewind_embeddings=False; default: rewind)",
     )
     parser.add_argument(
+        "--no-rewind-network",
+        dest="rewind_network",
+        action="store_false",
+        help="MPE / control: retrain the dense network from the last search "
+        "epoch instead of from the search's start (MPECallback's "
+        "rewind_network=False, the reference's way; default: rewind)",
+    )
+    parser.add_argument(
         "--rows",
         type=int,
         default=2_000_000,

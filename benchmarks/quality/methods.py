@@ -207,8 +207,9 @@ def run_pipeline(
     method, data, args, candidates, penalty, target_bits=None, drop=None
 ):
     """Search + select (to `target_bits`, or within a validation metric
-    `drop`, if given) + rewind + retrain with MPECallback; the best
-    validation epoch among the retraining ones."""
+    `drop`, if given) + rewind (the tables to their start, the network to
+    the search's) + retrain with MPECallback; the best validation epoch
+    among the retraining ones."""
     layer = mpe_layer(data, args, candidates, penalty)
     model = training.backbone(layer, data, args)
     callback = keras_mpe.MPECallback(
@@ -217,6 +218,7 @@ def run_pipeline(
         monitor=data.monitor,
         mode=data.mode,
         rewind_embeddings=args.rewind,
+        rewind_network=args.rewind_network,
         target_bits=target_bits,
         max_metric_drop=drop,
         validation_data=data.val if drop is not None else None,
