@@ -181,6 +181,16 @@ class MPECallback(keras.callbacks.Callback):
                 f"Received: selection={selection!r}"
             )
         check_target_bits(target_bits, rule=selection, rule_name="selection")
+        for name, value in (
+            ("rewind_embeddings", rewind_embeddings),
+            ("rewind_network", rewind_network),
+            ("reset_optimizer", reset_optimizer),
+        ):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"`{name}` must be True or False. Received: "
+                    f"{name}={value!r}"
+                )
         if mode not in ("auto", "min", "max"):
             raise ValueError(
                 "`mode` must be 'auto', 'min' or 'max'. "
