@@ -125,7 +125,7 @@ def test_defaults_follow_the_data():
 def test_defaults_flag_runs_mpe_as_a_user_gets_it():
     args = cli.parse_args(["--defaults"])
     assert args.methods == {"fp32", "mpe"}
-    assert args.penalties == [3e-4]  # the layer's default
+    assert args.penalties == [1e-3]  # the layer's default
     assert (args.temperature, args.target_bits) == (None, None)
     assert args.max_metric_drop == cli.DEFAULTS_METRIC_DROP == 0.002
     with pytest.raises(SystemExit):
