@@ -276,7 +276,6 @@ class MPECallback(keras.callbacks.Callback):
                 layer.snapshot_embeddings()
                 layer.forget_search_state()
                 layer.set_phase(Phase.FLOAT)
-            self._network_at_search_start = None
         if epoch >= self.search_epochs:
             if any(layer.phase != Phase.FIXED for layer in self.layers):
                 self._select()
